@@ -223,6 +223,77 @@ def data_export(
     _out().print(f"[green]✓[/] wrote {written}")
 
 
+# --- train ------------------------------------------------------------------------------
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key: --set model.params.n_estimators=120 (repeatable)."),
+]
+
+
+def _sigterm_raises() -> None:
+    """Turn SIGTERM into an exception in the main thread, so a run is marked KILLED."""
+    import signal
+
+    from mnistops.tracking import Terminated
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _print_summary(result: Any, title: str) -> None:
+    from rich.table import Table
+
+    from mnistops.pipeline import HEADLINE
+
+    out = _out()
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in HEADLINE:
+        if key in result.metrics:
+            table.add_row(key, f"{result.metrics[key]:.4f}")
+    for key, value in result.durations.items():
+        table.add_row(key, f"{value:.2f}")
+    if "peak_rss_mb" in result.metrics:
+        table.add_row("peak_rss_mb", f"{result.metrics['peak_rss_mb']:.0f}")
+    out.print(table)
+    out.print(f"run id      {result.run_id}  (experiment {result.experiment})")
+    out.print(f"model       {result.model_uri}")
+    if result.model_version:
+        out.print(f"registered  version {result.model_version}")
+    out.print(f"data        {result.data_fingerprint[:16]}…  split {result.split_fingerprint[:16]}…")
+    out.print(f"config      {result.config_hash[:16]}…")
+    out.print(f"open the UI: mlflow ui --backend-store-uri {result.tracking_uri}", highlight=False)
+
+
+@app.command("train")
+def train_cmd(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train, evaluate and record one run in MLflow (data, code, config, environment, model)."""
+    from mnistops.config import load_config
+    from mnistops.pipeline import train
+
+    cfg = load_config(config, set_ or [])
+    _sigterm_raises()
+    reporter = _reporter(as_json)
+    if isinstance(reporter, RichReporter):
+        with reporter:
+            result = train(cfg, reporter)
+    else:
+        result = train(cfg, reporter)
+    if as_json:
+        _emit_json(result.to_dict())
+    else:
+        _print_summary(result, f"{cfg.model.name} on {cfg.data.dataset}")
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning our errors into one line + exit code."""
     try:
@@ -233,6 +304,13 @@ def main() -> None:
     except KeyboardInterrupt:
         _err().print("[bold red]interrupted[/]")
         sys.exit(130)
+    except BaseException as exc:
+        from mnistops.tracking import Terminated
+
+        if isinstance(exc, Terminated):
+            _err().print("[bold red]terminated[/]")
+            sys.exit(143)
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

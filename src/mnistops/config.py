@@ -1,0 +1,249 @@
+"""The one configuration object, built at the edge from env < file < ``--set``.
+
+:class:`Config` is a pydantic model with ``extra="forbid"`` everywhere, so an unknown key or a
+wrong type is an error that names the key and what is allowed. Model parameters are checked
+against the chosen model's own parameter model (:data:`mnistops.models.PARAMS`). Defaults
+reproduce the notebook's ``run_pipeline.py``: MNIST, the stratified 80/20 split of all 70,000
+images with seed 42, and a RandomForest of 150 trees, depth 25.
+
+Environment variables: ``MNISTOPS_<SECTION>__<KEY>`` (double underscore between levels), e.g.
+``MNISTOPS_SEED=1`` or ``MNISTOPS_MODEL__PARAMS__N_ESTIMATORS=50``. Only names whose first
+part is a config section count; ``MNISTOPS_CACHE_DIR`` and friends are settings, not config.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mnistops.errors import ConfigError
+
+ENV_PREFIX = "MNISTOPS_"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Which dataset, and from where."""
+
+    dataset: str = "mnist"
+    source: str = "auto"
+
+
+class SplitConfig(_Strict):
+    """How rows are split into train and test."""
+
+    strategy: Literal["stratified", "official"] = "stratified"
+    test_size: float = Field(0.2, gt=0.0, lt=1.0)
+
+
+class ModelConfig(_Strict):
+    """Which model, its preprocessing and its parameters (checked per model)."""
+
+    name: Literal["random_forest", "extra_trees", "hist_gradient_boosting", "logistic_regression", "cnn"] = (
+        "random_forest"
+    )
+    preprocess: Literal["none", "standard"] = "none"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _complete_params(self) -> ModelConfig:
+        # Store the complete, typed parameter set so it is logged and hashed in full.
+        # Invalid params are left as given here; build_config reports them by key.
+        from mnistops.models import PARAMS
+
+        try:
+            checked = PARAMS[self.name].model_validate(self.params)
+        except ValidationError:
+            return self
+        object.__setattr__(self, "params", checked.model_dump())
+        return self
+
+
+class TrackingConfig(_Strict):
+    """Where runs are recorded. ``MLFLOW_TRACKING_URI`` overrides ``uri``."""
+
+    uri: str | None = None
+    experiment: str = "mnistops"
+    registered_model: str = "mnist-classifier"
+    run_name: str | None = None
+
+
+class GateConfig(_Strict):
+    """The promotion gate: an absolute floor and a tolerance against the champion."""
+
+    floor_metric: str = "accuracy"
+    floor: float = Field(0.95, ge=0.0, le=1.0)
+    metric: str = "f1_macro"
+    tolerance: float = Field(0.002, ge=0.0, le=1.0)
+
+
+class Config(_Strict):
+    """Everything that defines a training run."""
+
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+    data: DataConfig = Field(default_factory=DataConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready resolved config."""
+        return self.model_dump(mode="json")
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys to values (``model.params.n_estimators``), for MLflow params."""
+        return _flatten(self.to_dict())
+
+    def hash(self) -> str:
+        """SHA-256 of the canonical JSON of what determines the model.
+
+        ``tracking`` and ``gate`` are left out: where a run is recorded, and how it is judged
+        afterwards, do not change what it trains.
+        """
+        d = {k: v for k, v in self.to_dict().items() if k not in ("tracking", "gate")}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = target
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"config key {dotted}: {part} is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Config values from ``MNISTOPS_<SECTION>__<KEY>`` environment variables."""
+    environ = os.environ if environ is None else environ
+    sections = set(Config.model_fields)
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        if parts[0] in sections:
+            _set_dotted(out, ".".join(parts), _parse_value(raw))
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the config: environment, then the YAML file, then ``--set KEY=VALUE`` overrides.
+
+    Raises:
+        ConfigError: unreadable file, malformed override, unknown key, wrong type or value.
+    """
+    merged = env_overrides(environ)
+    if path is not None:
+        p = Path(path)
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist: give the path of a YAML file") from None
+        except (OSError, yaml.YAMLError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"cannot read config file {p}: {first}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections, not {type(loaded).__name__}")
+        merged = _deep_merge(merged, loaded)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE: write e.g. --set model.params.n_estimators=120")
+        _set_dotted(merged, key.strip(), _parse_value(value))
+    return build_config(merged)
+
+
+def build_config(data: Mapping[str, Any]) -> Config:
+    """Validate a plain mapping into a :class:`Config`, with one-line errors."""
+    from mnistops.models import PARAMS
+
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, data, ())) from None
+    try:
+        PARAMS[cfg.model.name].model_validate(cfg.model.params)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, data, ("model", "params"))) from None
+    return cfg
+
+
+def _describe(exc: ValidationError, data: Mapping[str, Any], prefix: tuple[str, ...]) -> str:
+    err = exc.errors()[0]
+    loc = [*prefix, *(str(p) for p in err["loc"])]
+    key = ".".join(loc) or "(root)"
+    if err["type"] == "extra_forbidden":
+        return f"unknown config key {key}: allowed keys here are {', '.join(_allowed_keys(loc[:-1], data))}"
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    msg = err["msg"]
+    more = f"; {len(exc.errors()) - 1} more problem(s)" if len(exc.errors()) > 1 else ""
+    return f"config key {key}: {msg}{shown}{more}"
+
+
+def _allowed_keys(section: list[str], data: Mapping[str, Any]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in section:
+        if part == "params" and model is ModelConfig:
+            from mnistops.models import PARAMS
+
+            name = (data.get("model") or {}).get("name", "random_forest")
+            return sorted(PARAMS.get(name, PARAMS["random_forest"]).model_fields)
+        field = model.model_fields.get(part)
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return sorted(model.model_fields)
+
+
+def dump_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (what a run saves, and what ``--config`` reads back)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,274 @@
+"""The order of the training pipeline's stages, in one place.
+
+load → validate → split → (run starts) → fit → evaluate → log model → metrics and artifacts.
+
+The tracking store is checked before anything else, so an unreachable store costs nothing
+and leaves nothing behind. The data is loaded and validated before the run starts (a bad
+dataset creates no run); from the moment the run starts, :func:`mnistops.tracking.tracked_run`
+guarantees it ends FINISHED, FAILED or KILLED, with what was logged before kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import mnistops
+from mnistops import provenance, tracking
+from mnistops.config import Config, dump_yaml
+from mnistops.dataset import Dataset
+from mnistops.progress import NullReporter, Reporter
+
+log = logging.getLogger(__name__)
+
+HEADLINE = ("accuracy", "f1_macro", "f1_weighted", "log_loss")
+
+
+@dataclass
+class TrainResult:
+    """What ``mnistops train --json`` prints."""
+
+    run_id: str
+    experiment: str
+    model_uri: str
+    metrics: dict[str, float]
+    data_fingerprint: str
+    split_fingerprint: str
+    config_hash: str
+    durations: dict[str, float]
+    tracking_uri: str
+    cached: bool = False
+    model_version: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready result."""
+        return asdict(self)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.durations: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        log.info("stage %s started", name)
+        try:
+            yield
+        finally:
+            self.durations[f"time_{name}_s"] = round(time.perf_counter() - t0, 4)
+            log.info("stage %s took %.2f s (peak RSS %.0f MiB)", name, self.durations[f"time_{name}_s"], peak_rss_mb())
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self.start, 4)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_tags(cfg: Config, ds: Dataset, split_fp: str, env: dict[str, Any],
+             code: dict[str, provenance.GitInfo]) -> dict[str, str]:  # fmt: skip
+    """Tags that trace a run to its code, data, config and environment."""
+    tags = {
+        "mnistops.version": mnistops.__version__,
+        "mnistops.config_hash": cfg.hash(),
+        "mnistops.data_fingerprint": ds.fingerprint,
+        "mnistops.split_fingerprint": split_fp,
+        "mnistops.dataset": ds.name,
+        "mnistops.model": cfg.model.name,
+        "mnistops.env_hash": provenance.environment_hash(env),
+        "env.python": env["python"],
+        "env.os": env["os"],
+        "env.machine": env["machine"],
+        "env.cpu_count": str(env["cpu_count"]),
+    }
+    tags.update({f"env.pkg.{k}": v for k, v in env["packages"].items()})
+    for role, info in code.items():
+        tags.update(info.tags(f"git.{role}"))
+    if "git.code.commit" in tags:
+        tags["mlflow.source.git.commit"] = tags["git.code.commit"]
+    return tags
+
+
+def pip_requirements(kind: str, dists: dict[str, tuple[str, str]] | None = None) -> list[str]:
+    """What the logged model needs to load: pinned to the versions it was trained with."""
+    names = ["mlflow", "numpy", "pandas"] + (["scikit-learn", "joblib", "scipy"] if kind == "sklearn" else ["torch"])
+    versions = provenance.package_versions(tuple(names), dists)
+    return [f"{n}=={v}" for n, v in versions.items()]
+
+
+def train(cfg: Config, progress: Reporter | None = None) -> TrainResult:
+    """Run the whole pipeline for ``cfg`` and record it in MLflow; return the result."""
+    from mnistops import sources
+    from mnistops.models import build_model
+    from mnistops.split import make_split
+    from mnistops.validate import validate
+
+    progress = progress or NullReporter()
+    timer = _Timer()
+    uri = tracking.resolve_uri(cfg.tracking.uri)
+    tracking.check_store(uri)
+    model = build_model(cfg.model.name, cfg.model.params, cfg.model.preprocess, cfg.seed)
+
+    with timer.stage("load"):
+        ds = sources.load(cfg.data.dataset, source=cfg.data.source, progress=progress)
+    with timer.stage("validate"):
+        report = validate(ds)
+    with timer.stage("split"):
+        split = make_split(ds, cfg.split.strategy, cfg.split.test_size, cfg.seed)
+
+    dists = provenance.installed()
+    env = provenance.environment(dists)
+    code = provenance.code_versions()
+    tags = run_tags(cfg, ds, split.fingerprint, env, code)
+    with tracking.tracked_run(uri, cfg.tracking.experiment, cfg.tracking.run_name, tags) as run:
+        run_id = run.info.run_id
+        log.info("run %s: %s on %s (%s)", run_id, cfg.model.name, ds.name, ds.fingerprint[:12])
+        _log_inputs(cfg, ds, split, report, env, code, provenance.environment_lock(dists))
+        x_train = ds.features(split.train)
+        y_train = ds.labels[split.train]
+
+        with timer.stage("fit"):
+            model.fit(x_train, y_train, progress, on_epoch=_log_epoch)
+        del x_train  # the test features are made next; keep the peak down
+
+        with tempfile.TemporaryDirectory(prefix="mnistops-model-") as tmp, ThreadPoolExecutor(1) as pool:
+            # Serialising the model (mostly zlib, which releases the GIL) overlaps evaluation.
+            saved = pool.submit(model.save, Path(tmp) / "model")
+            with timer.stage("evaluate"):
+                result = _evaluate_and_plot(model, ds, split.test)
+            with timer.stage("log_model"):
+                saved.result()
+                info = tracking.log_model(
+                    Path(tmp) / "model", ds.features(split.test[:5]), pip_requirements(model.kind, dists)
+                )
+        durations = {**timer.durations, "time_total_s": timer.total()}
+        metrics = {**result.metrics, **durations, "peak_rss_mb": round(peak_rss_mb(), 1)}
+        _log_metrics(metrics)
+        _log_outputs(result, metrics)
+
+    return TrainResult(
+        run_id=run_id,
+        experiment=cfg.tracking.experiment,
+        model_uri=info.model_uri,
+        metrics=metrics,
+        data_fingerprint=ds.fingerprint,
+        split_fingerprint=split.fingerprint,
+        config_hash=cfg.hash(),
+        durations=durations,
+        tracking_uri=uri,
+    )
+
+
+def _log_epoch(step: int, values: dict[str, float]) -> None:
+    import mlflow
+
+    mlflow.log_metrics(values, step=step)
+
+
+def _log_inputs(cfg: Config, ds: Dataset, split: Any, report: dict[str, Any], env: dict[str, Any],
+                code: dict[str, provenance.GitInfo], lock: str) -> None:  # fmt: skip
+    """Everything known before fitting: logged first, so a failed run still shows it."""
+    import mlflow
+
+    params = {k: ("None" if v is None else v) for k, v in cfg.flat().items()}
+    mlflow.log_params(params)
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source twice and warns that a path is ambiguous.
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_numpy(
+            ds.images,
+            targets=ds.labels,
+            source=ds.cache_path or ds.source,
+            name=ds.name,
+            # MLflow caps digests at 36 characters; the full fingerprint is in the tags.
+            digest=ds.fingerprint[:36],
+        )
+    mlflow.log_input(
+        dataset,
+        context="training",
+        tags={
+            "fingerprint": ds.fingerprint,
+            "split_fingerprint": split.fingerprint,
+            "split_strategy": split.strategy,
+            "origin": ds.source,
+        },
+    )
+    mlflow.log_text(dump_yaml(cfg), "config.yaml")
+    mlflow.log_text(lock, "environment/requirements.lock.txt")
+    mlflow.log_dict(env, "environment/environment.json")
+    mlflow.log_dict(report, "data/validation.json")
+    mlflow.log_dict(
+        {"strategy": split.strategy, "n_train": len(split.train), "n_test": len(split.test),
+         "fingerprint": split.fingerprint},
+        "data/split.json",
+    )  # fmt: skip
+    for role, info in code.items():
+        if info.dirty:
+            mlflow.log_text(info.diff, f"code/{role}.diff")
+
+
+@dataclass
+class _Scored:
+    metrics: dict[str, float]
+    evaluation: Any
+    test_rows: np.ndarray
+    figures: dict[str, Path]
+    tmp: tempfile.TemporaryDirectory[str]
+
+
+def _evaluate_and_plot(model: Any, ds: Dataset, test_rows: np.ndarray) -> _Scored:
+    from mnistops import plots
+    from mnistops.evaluate import confident_mistakes, evaluate
+
+    y_test = ds.labels[test_rows]
+    proba = model.predict_proba(ds.features(test_rows))
+    ev = evaluate(y_test, proba, ds.class_names)
+    tmp = tempfile.TemporaryDirectory(prefix="mnistops-plots-")
+    out = Path(tmp.name)
+    figures = {
+        "plots/confusion_matrix.png": plots.confusion_matrix_png(ev.confusion, ds.class_names,
+                                                                 out / "confusion_matrix.png"),
+        "plots/confident_mistakes.png": plots.mistakes_png(
+            ds.images[test_rows], y_test, proba, confident_mistakes(y_test, proba), ds.class_names,
+            out / "confident_mistakes.png",
+        ),
+    }  # fmt: skip
+    return _Scored(ev.metrics, ev, test_rows, figures, tmp)
+
+
+def _log_metrics(metrics: dict[str, float]) -> None:
+    import mlflow
+
+    mlflow.log_metrics(metrics)
+
+
+def _log_outputs(scored: _Scored, metrics: dict[str, float]) -> None:
+    import mlflow
+
+    ev = scored.evaluation
+    mlflow.log_dict({**ev.to_dict(), "metrics": metrics}, "metrics.json")
+    mlflow.log_dict({"labels": list(range(10)), "matrix": ev.confusion}, "confusion_matrix.json")
+    mlflow.log_text(ev.report, "classification_report.txt")
+    for artifact_path, path in scored.figures.items():
+        mlflow.log_artifact(str(path), str(Path(artifact_path).parent))
+    with tempfile.TemporaryDirectory() as tmp:
+        pred = Path(tmp) / "predictions.npz"
+        np.savez_compressed(pred, rows=scored.test_rows, label=ev.predictions, proba=ev.proba)
+        mlflow.log_artifact(str(pred), "predictions")
+    scored.tmp.cleanup()

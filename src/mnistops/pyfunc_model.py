@@ -1,0 +1,115 @@
+"""The MLflow pyfunc model for every mnistops model (an MLflow "model from code" file).
+
+MLflow stores this file beside the model, so a model loads with stock
+``mlflow.pyfunc.load_model(uri)`` in a fresh process that has never heard of mnistops: it
+imports only numpy, pandas, joblib (scikit-learn models) or torch (the CNN). Keep it that way.
+
+Input: ``float32 (n, 784)`` pixels scaled to [0, 1] (the signature), a DataFrame of those 784
+columns, or ``uint8 (n, 28, 28)`` images when called without schema enforcement.
+Output: a DataFrame with ``label`` (int) and ``prob_0`` .. ``prob_9``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.models import set_model
+from mlflow.pyfunc import PythonModel
+
+
+def to_features(model_input: Any) -> np.ndarray:
+    """``float32 (n, 784)`` in [0, 1] from uint8 images, float pixels or a DataFrame."""
+    arr = model_input.to_numpy() if isinstance(model_input, pd.DataFrame) else np.asarray(model_input)
+    flat = arr.reshape(arr.shape[0], -1)
+    if flat.shape[1] != 784:
+        raise ValueError(f"expected 28x28 images or 784 pixels per row, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        out = flat.astype(np.float32)
+        out /= np.float32(255.0)
+        return out
+    return flat.astype(np.float32, copy=False)
+
+
+def build_cnn(channels: tuple[int, int], hidden: int, dropout: float) -> Any:
+    """The CNN's architecture: two conv blocks, then two fully connected layers."""
+    from torch import nn
+
+    c1, c2 = channels
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 28, 28)),
+        nn.Conv2d(1, c1, 3, padding=1),
+        nn.BatchNorm2d(c1),
+        nn.ReLU(),
+        nn.Conv2d(c1, c1, 3, padding=1),
+        nn.BatchNorm2d(c1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 3, padding=1),
+        nn.BatchNorm2d(c2),
+        nn.ReLU(),
+        nn.Conv2d(c2, c2, 3, padding=1),
+        nn.BatchNorm2d(c2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(dropout),
+        nn.Linear(c2 * 7 * 7, hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, 10),
+    )
+
+
+class MnistClassifier(PythonModel):
+    """Loads ``meta.json`` and the model file it names; predicts labels and probabilities."""
+
+    def load_context(self, context: Any) -> None:
+        """Load the fitted model from the logged artifacts."""
+        directory = context.artifacts["model_dir"]
+        with open(os.path.join(directory, "meta.json")) as f:
+            self.meta = json.load(f)
+        path = os.path.join(directory, self.meta["file"])
+        if self.meta["kind"] == "sklearn":
+            import joblib
+
+            self.model = joblib.load(path)
+        elif self.meta["kind"] == "torch":
+            import torch
+
+            p = self.meta["params"]
+            self.model = build_cnn(tuple(p["channels"]), p["hidden"], p["dropout"])
+            self.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            self.model.eval()
+        else:
+            raise ValueError(f"unknown model kind {self.meta['kind']!r}")
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities ``(n, 10)`` for ``float32 (n, 784)`` features."""
+        if self.meta["kind"] == "sklearn":
+            return np.asarray(self.model.predict_proba(x))
+        import torch
+
+        with torch.inference_mode():
+            out = [
+                torch.softmax(self.model(torch.from_numpy(np.ascontiguousarray(x[i : i + 1024]))), 1).numpy()
+                for i in range(0, len(x), 1024)
+            ]
+        return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
+
+    # No type hints on purpose: MLflow reads predict()'s hints as a schema and warns about `Any`.
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        """Predict labels and class probabilities for a batch of images."""
+        proba = self.predict_proba(to_features(model_input))
+        frame = pd.DataFrame(proba, columns=[f"prob_{i}" for i in range(proba.shape[1])])
+        frame.insert(0, "label", proba.argmax(axis=1).astype(np.int64))
+        return frame
+
+
+# MLflow executes this file under a generated module name to load a model; mnistops itself
+# imports it as a package module (for build_cnn and to_features) and must not set a model.
+if __name__ != "mnistops.pyfunc_model":
+    set_model(MnistClassifier())

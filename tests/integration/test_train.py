@@ -1,0 +1,269 @@
+"""`mnistops train` end to end: real MNIST, a real SQLite MLflow store, fresh processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import one_line_error, read_store, run_cli
+
+from mnistops import sources
+from mnistops.dataset import Dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ["--set", "model.params.n_estimators=8", "--set", "model.params.max_depth=8"]
+
+READBACK = """
+import json, mlflow
+from mlflow.tracking import MlflowClient
+c = MlflowClient()
+run = c.get_run({run_id!r})
+def walk(path=None):
+    out = []
+    for f in c.list_artifacts(run.info.run_id, path):
+        out += walk(f.path) if f.is_dir else [f.path]
+    return out
+inputs = [{{"name": d.dataset.name, "digest": d.dataset.digest, "source": d.dataset.source,
+            "tags": {{t.key: t.value for t in d.tags}}}} for d in run.inputs.dataset_inputs]
+models = [o.model_id for o in (run.outputs.model_outputs if run.outputs else [])]
+print(json.dumps({{"status": run.info.status, "params": run.data.params, "metrics": run.data.metrics,
+                  "tags": run.data.tags, "artifacts": walk(), "inputs": inputs, "models": models}}))
+"""
+
+
+def readback(store: Path, run_id: str) -> dict[str, Any]:
+    return read_store(os.environ["MLFLOW_TRACKING_URI"], READBACK.format(run_id=run_id))  # type: ignore[return-value]
+
+
+def train_json(*args: str, cwd: Path | None = None) -> dict[str, Any]:
+    proc = run_cli("train", "--json", *args, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def seed_run(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> tuple[Path, dict[str, Any]]:
+    """The notebook's logged run (120 trees, depth 20), trained once through the CLI."""
+    work = tmp_path_factory.mktemp("seed-run")
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "MNISTOPS_CACHE_DIR": str(session_cache),
+           "MNISTOPS_MIRRORS": "http://127.0.0.1:9/", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.run([sys.executable, "-m", "mnistops", "train", "--config", str(ROOT / "configs" / "seed.yaml"),
+                           "--json"], cwd=work, env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=900, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work, json.loads(proc.stdout)
+
+
+@pytest.mark.slow
+def test_seed_config_matches_the_notebooks_logged_result(seed_run: tuple[Path, dict[str, Any]]) -> None:
+    _, result = seed_run
+    assert abs(result["metrics"]["accuracy"] - 0.9669) <= 0.001
+    assert abs(result["metrics"]["f1_macro"] - 0.9666) <= 0.001
+    assert set(result) >= {"run_id", "experiment", "model_uri", "metrics", "data_fingerprint", "split_fingerprint",
+                           "config_hash", "durations"}
+    assert result["data_fingerprint"] == sources.MNIST_FINGERPRINT
+    assert set(result["durations"]) == {"time_load_s", "time_validate_s", "time_split_s", "time_fit_s",
+                                        "time_evaluate_s", "time_log_model_s", "time_total_s"}
+
+
+@pytest.mark.slow
+def test_run_reads_back_with_everything_recorded(seed_run: tuple[Path, dict[str, Any]],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    work, result = seed_run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+    run = readback(work, result["run_id"])
+    assert run["status"] == "FINISHED"
+    params = run["params"]
+    assert params["model.name"] == "random_forest" and params["model.params.n_estimators"] == "120"
+    assert params["model.params.max_depth"] == "20" and params["split.test_size"] == "0.2"
+    assert params["seed"] == "42" and params["data.dataset"] == "mnist" and params["split.strategy"] == "stratified"
+    metrics = run["metrics"]
+    for key in ("accuracy", "f1_macro", "f1_weighted", "log_loss", "precision_macro", "recall_macro",
+                "time_load_s", "time_validate_s", "time_fit_s", "time_evaluate_s", "time_log_model_s",
+                "time_total_s", "peak_rss_mb", *(f"{m}_{c}" for m in ("precision", "recall", "f1") for c in range(10))):
+        assert key in metrics, key
+    assert metrics["accuracy"] == pytest.approx(result["metrics"]["accuracy"])
+    assert 0 < metrics["time_fit_s"] < metrics["time_total_s"] and metrics["peak_rss_mb"] > 100
+    tags = run["tags"]
+    assert tags["mnistops.data_fingerprint"] == sources.MNIST_FINGERPRINT
+    assert tags["mnistops.split_fingerprint"] == result["split_fingerprint"]
+    assert tags["mnistops.config_hash"] == result["config_hash"]
+    assert tags["mnistops.version"] and tags["env.python"] and tags["env.os"] and int(tags["env.cpu_count"]) >= 1
+    for pkg in ("numpy", "scikit-learn", "mlflow", "pandas", "joblib"):
+        assert tags[f"env.pkg.{pkg}"], pkg
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+    if head.returncode == 0:
+        assert tags["git.code.commit"] == head.stdout.strip()
+        assert tags["git.code.dirty"] in ("true", "false") and tags["git.code.branch"]
+        assert ("code/code.diff" in run["artifacts"]) == (tags["git.code.dirty"] == "true")
+    for artifact in ("config.yaml", "environment/requirements.lock.txt", "environment/environment.json",
+                     "data/validation.json", "data/split.json", "metrics.json", "confusion_matrix.json",
+                     "classification_report.txt", "plots/confusion_matrix.png", "plots/confident_mistakes.png",
+                     "predictions/predictions.npz", "run.log"):
+        assert artifact in run["artifacts"], artifact
+    (dataset,) = run["inputs"]
+    assert dataset["name"] == "mnist" and dataset["digest"] == sources.MNIST_FINGERPRINT[:36]
+    assert dataset["tags"]["fingerprint"] == sources.MNIST_FINGERPRINT
+    assert dataset["tags"]["split_fingerprint"] == result["split_fingerprint"]
+    assert run["models"] == [result["model_uri"].removeprefix("models:/")]
+
+
+PREDICT = """
+import sys, json
+sys.modules["mnistops"] = None  # stock MLflow only: importing mnistops would fail
+import numpy as np, mlflow, mlflow.pyfunc
+model = mlflow.pyfunc.load_model({uri!r})
+x = np.load({x!r})
+out = model.predict(x)
+print(json.dumps({{"labels": out["label"].tolist(), "p_sum": float(out.filter(like="prob_").to_numpy().sum()),
+                  "columns": list(out.columns), "input": str(model.metadata.get_input_schema()),
+                  "example": model.metadata.saved_input_example_info is not None}}))
+"""
+
+
+@pytest.mark.slow
+def test_model_loads_with_stock_mlflow_in_a_fresh_process(seed_run: tuple[Path, dict[str, Any]], mnist: Dataset,
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    work, result = seed_run
+    from mnistops.split import make_split
+
+    split = make_split(mnist, "stratified", 0.2, 42)
+    np.save(tmp_path / "x.npy", mnist.features(split.test))
+    out: Any = read_store(f"sqlite:///{work / 'mlflow.db'}",
+                          PREDICT.format(uri=result["model_uri"], x=str(tmp_path / "x.npy")))  # fmt: skip
+    accuracy = float(np.mean(np.array(out["labels"]) == mnist.labels[split.test]))
+    assert accuracy == pytest.approx(result["metrics"]["accuracy"], abs=1e-12)
+    assert out["columns"] == ["label", *(f"prob_{i}" for i in range(10))]
+    assert out["p_sum"] == pytest.approx(len(split.test))
+    assert "float32" in out["input"] and "784" in out["input"] and out["example"]
+
+
+@pytest.mark.slow
+def test_model_artifact_is_compact(seed_run: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    work, result = seed_run
+    import mlflow
+
+    location = mlflow.MlflowClient(f"sqlite:///{work / 'mlflow.db'}").get_logged_model(
+        result["model_uri"].removeprefix("models:/")).artifact_location  # fmt: skip
+    size = sum(p.stat().st_size for p in Path(location.removeprefix("file://")).rglob("*") if p.is_file())
+    assert size <= 0.2 * 153_000_000  # the notebook's artifact for the same forest: 153 MB
+
+
+def test_same_config_twice_gives_identical_metrics_and_predictions(store: Path) -> None:
+    a = train_json(*SMALL)
+    b = train_json(*SMALL)
+    assert a["run_id"] != b["run_id"]
+    timing = {k for k in a["metrics"] if k.startswith("time_") or k == "peak_rss_mb"}
+    assert {k: v for k, v in a["metrics"].items() if k not in timing} == \
+        {k: v for k, v in b["metrics"].items() if k not in timing}  # fmt: skip
+    import mlflow
+
+    preds = []
+    for r in (a, b):
+        path = mlflow.artifacts.download_artifacts(run_id=r["run_id"], artifact_path="predictions/predictions.npz")
+        with np.load(path) as z:
+            preds.append((z["label"], z["proba"]))
+    np.testing.assert_array_equal(preds[0][0], preds[1][0])
+    np.testing.assert_array_equal(preds[0][1], preds[1][1])
+
+
+def test_workdir_repository_is_traced_too(store: Path) -> None:
+    subprocess.run(["git", "init", "-q"], cwd=store, check=True)
+    (store / "exp.yaml").write_text("model:\n  params:\n    n_estimators: 4\n    max_depth: 4\n")
+    (store / ".gitignore").write_text("mlflow.db\nmlruns/\n")
+    subprocess.run(["git", "add", "."], cwd=store, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"], cwd=store, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=store, capture_output=True, text=True).stdout.strip()
+    result = train_json("--config", "exp.yaml")
+    tags = readback(store, result["run_id"])["tags"]
+    assert tags["git.workdir.commit"] == head and tags["git.workdir.dirty"] == "false"
+    (store / "exp.yaml").write_text("model:\n  params:\n    n_estimators: 5\n    max_depth: 4\n")
+    run = readback(store, train_json("--config", "exp.yaml")["run_id"])
+    assert run["tags"]["git.workdir.dirty"] == "true" and "code/workdir.diff" in run["artifacts"]
+
+
+def _runs(store: Path) -> list[tuple[str, str]]:
+    if not (store / "mlflow.db").exists():
+        return []
+    script = ("import json; from mlflow.tracking import MlflowClient; c = MlflowClient(); "
+              "print(json.dumps([(r.info.run_id, r.info.status) for e in c.search_experiments() "
+              "for r in c.search_runs([e.experiment_id])]))")  # fmt: skip
+    return [tuple(r) for r in read_store(os.environ["MLFLOW_TRACKING_URI"], script)]  # type: ignore[union-attr, misc]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "model.n_trees=3"], "unknown config key model.n_trees: allowed keys here are name, params"),
+        (["--set", "model.params.max_depth=deep"], "config key model.params.max_depth: Input should be a valid integer"),
+        (["--set", "split.test_size=-0.1"], "config key split.test_size: Input should be greater than 0"),
+        (["--set", "model.name=svm"], "config key model.name: Input should be 'random_forest'"),
+    ],
+    ids=["unknown-key", "wrong-type", "negative-test-size", "unknown-model"],
+)
+def test_bad_config_is_one_line_and_leaves_no_run(store: Path, args: list[str], message: str) -> None:
+    line = one_line_error(run_cli("train", *args))
+    assert message in line
+    assert _runs(store) == []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_tracking_uri_is_one_line(store: Path) -> None:
+    uri = f"http://127.0.0.1:{_free_port()}"
+    line = one_line_error(run_cli("train", *SMALL, env={"MLFLOW_TRACKING_URI": uri}))
+    assert f"cannot reach the MLflow server at {uri}" in line
+    line = one_line_error(run_cli("train", *SMALL, env={"MLFLOW_TRACKING_URI": "sqlite:////nonexistent/dir/m.db"}))
+    assert "folder /nonexistent/dir does not exist" in line
+
+
+def test_sigterm_mid_fit_leaves_the_run_killed(store: Path) -> None:
+    cmd = [sys.executable, "-m", "mnistops", "-v", "train", "--set", "model.params.n_estimators=2000",
+           "--set", "model.params.max_depth=30"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stderr:
+        if "stage fit started" in line or time.monotonic() > deadline:
+            break
+    time.sleep(1.0)  # well inside the fit: 2,000 deep trees take minutes
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    (run_id, status), = _runs(store)
+    assert status == "KILLED"
+    run = readback(store, run_id)
+    assert run["params"]["model.params.n_estimators"] == "2000"  # what was logged before stays
+    assert "config.yaml" in run["artifacts"] and "run.log" in run["artifacts"]
+
+
+def test_exception_mid_run_leaves_the_run_failed(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mnistops import models, pipeline
+    from mnistops.config import load_config
+
+    def boom(self: object, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(models.SklearnModel, "fit", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        pipeline.train(load_config(overrides=["model.params.n_estimators=3"]))
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    (run_id, status), = _runs(store)
+    assert status == "FAILED"
+    log = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="run.log")).read_text()
+    assert "disk full" in log

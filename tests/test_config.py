@@ -1,0 +1,96 @@
+"""Config: defaults, precedence (env < file < --set), and one-line errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mnistops.config import Config, dump_yaml, env_overrides, load_config
+from mnistops.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_reproduce_the_notebook_script() -> None:
+    cfg = load_config(environ={})
+    assert cfg.seed == 42
+    assert (cfg.data.dataset, cfg.split.strategy, cfg.split.test_size) == ("mnist", "stratified", 0.2)
+    assert cfg.model.name == "random_forest" and cfg.model.preprocess == "none"
+    assert cfg.model.params["n_estimators"] == 150 and cfg.model.params["max_depth"] == 25
+
+
+def test_seed_config_is_the_notebooks_logged_run() -> None:
+    cfg = load_config(ROOT / "configs" / "seed.yaml", environ={})
+    assert cfg.model.params["n_estimators"] == 120 and cfg.model.params["max_depth"] == 20
+
+
+@pytest.mark.parametrize("name", ["random_forest", "extra_trees", "hist_gradient_boosting", "logistic_regression",
+                                  "cnn", "seed"])
+def test_every_shipped_config_loads(name: str) -> None:
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml", environ={})
+    assert cfg.model.name == (name if name != "seed" else "random_forest")
+
+
+def test_precedence_env_then_file_then_set(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 7\nmodel:\n  params:\n    n_estimators: 30\n")
+    env = {"MNISTOPS_SEED": "1", "MNISTOPS_MODEL__PARAMS__MAX_DEPTH": "9", "MNISTOPS_CACHE_DIR": "/x"}
+    cfg = load_config(path, ["model.params.n_estimators=40"], environ=env)
+    assert cfg.seed == 7  # file beats env
+    assert cfg.model.params["max_depth"] == 9  # env applies where nothing else says
+    assert cfg.model.params["n_estimators"] == 40  # --set beats file
+    assert env_overrides({"MNISTOPS_CACHE_DIR": "/x", "MNISTOPS_MIRRORS": "none"}) == {}
+
+
+def test_unknown_key_names_the_key_and_the_allowed_ones() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(overrides=["model.parms.n_estimators=3"], environ={})
+    assert str(exc.value) == "unknown config key model.parms: allowed keys here are name, params, preprocess"
+
+
+def test_unknown_model_param_lists_that_models_params() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key model\.params\.n_trees: allowed keys here are "
+                                          r"bootstrap, criterion, max_depth, .*n_estimators"):
+        load_config(overrides=["model.params.n_trees=3"], environ={})
+
+
+def test_wrong_type_names_the_key_and_the_value() -> None:
+    with pytest.raises(ConfigError, match=r"config key model\.params\.n_estimators: Input should be a valid "
+                                          r"integer.*\(got 'many'\)"):
+        load_config(overrides=["model.params.n_estimators=many"], environ={})
+
+
+def test_negative_test_size_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"config key split\.test_size: Input should be greater than 0 \(got -0\.2\)"):
+        load_config(overrides=["split.test_size=-0.2"], environ={})
+
+
+def test_unknown_model_name_lists_the_models() -> None:
+    with pytest.raises(ConfigError, match=r"config key model\.name: Input should be 'random_forest', 'extra_trees'"):
+        load_config(overrides=["model.name=svm"], environ={})
+
+
+def test_malformed_override_and_missing_file() -> None:
+    with pytest.raises(ConfigError, match="is not KEY=VALUE"):
+        load_config(overrides=["seed"], environ={})
+    with pytest.raises(ConfigError, match="config file nope.yaml does not exist"):
+        load_config("nope.yaml", environ={})
+
+
+def test_hash_is_stable_and_ignores_where_runs_are_recorded(tmp_path: Path) -> None:
+    a = load_config(environ={})
+    b = load_config(overrides=["tracking.experiment=other", "gate.floor=0.5"], environ={})
+    c = load_config(overrides=["model.params.n_estimators=151"], environ={})
+    assert a.hash() == b.hash() != c.hash()
+    assert len(a.hash()) == 64
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_yaml(c))
+    assert load_config(path, environ={}).hash() == c.hash()  # a saved config reproduces its hash
+
+
+def test_params_are_completed_with_the_models_defaults() -> None:
+    cfg = Config.model_validate({"model": {"name": "extra_trees"}})
+    assert cfg.model.params["n_estimators"] == 150 and cfg.model.params["bootstrap"] is False
+    flat = cfg.flat()
+    assert flat["model.params.n_estimators"] == 150 and flat["split.test_size"] == 0.2
