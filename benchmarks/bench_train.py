@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import measure  # noqa: E402
+from _measure import measure
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"overhead_ratio": 0.35, "wall_ratio": 0.85, "rss_ratio": 0.4, "artifact_ratio": 0.2}

@@ -90,8 +90,9 @@ def mnist(session_cache: Path) -> Dataset:
             os.environ["MNISTOPS_CACHE_DIR"] = old
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-            timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     """Run the real ``mnistops`` CLI in a fresh process."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(

@@ -25,8 +25,9 @@ def test_seed_config_is_the_notebooks_logged_run() -> None:
     assert cfg.model.params["n_estimators"] == 120 and cfg.model.params["max_depth"] == 20
 
 
-@pytest.mark.parametrize("name", ["random_forest", "extra_trees", "hist_gradient_boosting", "logistic_regression",
-                                  "cnn", "seed"])
+@pytest.mark.parametrize(
+    "name", ["random_forest", "extra_trees", "hist_gradient_boosting", "logistic_regression", "cnn", "seed"]
+)
 def test_every_shipped_config_loads(name: str) -> None:
     cfg = load_config(ROOT / "configs" / f"{name}.yaml", environ={})
     assert cfg.model.name == (name if name != "seed" else "random_forest")
@@ -50,14 +51,20 @@ def test_unknown_key_names_the_key_and_the_allowed_ones() -> None:
 
 
 def test_unknown_model_param_lists_that_models_params() -> None:
-    with pytest.raises(ConfigError, match=r"unknown config key model\.params\.n_trees: allowed keys here are "
-                                          r"bootstrap, criterion, max_depth, .*n_estimators"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown config key model\.params\.n_trees: allowed keys here are "
+        r"bootstrap, criterion, max_depth, .*n_estimators",
+    ):
         load_config(overrides=["model.params.n_trees=3"], environ={})
 
 
 def test_wrong_type_names_the_key_and_the_value() -> None:
-    with pytest.raises(ConfigError, match=r"config key model\.params\.n_estimators: Input should be a valid "
-                                          r"integer.*\(got 'many'\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config key model\.params\.n_estimators: Input should be a valid "
+        r"integer.*\(got 'many'\)",
+    ):
         load_config(overrides=["model.params.n_estimators=many"], environ={})
 
 
@@ -74,7 +81,7 @@ def test_unknown_model_name_lists_the_models() -> None:
 def test_malformed_override_and_missing_file() -> None:
     with pytest.raises(ConfigError, match="is not KEY=VALUE"):
         load_config(overrides=["seed"], environ={})
-    with pytest.raises(ConfigError, match="config file nope.yaml does not exist"):
+    with pytest.raises(ConfigError, match=r"config file nope\.yaml does not exist"):
         load_config("nope.yaml", environ={})
 
 

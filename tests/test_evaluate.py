@@ -10,7 +10,7 @@ from mnistops.evaluate import confident_mistakes, evaluate
 
 def _onehot(labels: list[int], confidence: list[float]) -> np.ndarray:
     p = np.full((len(labels), 10), 0.0)
-    for i, (lab, c) in enumerate(zip(labels, confidence)):
+    for i, (lab, c) in enumerate(zip(labels, confidence, strict=True)):
         p[i, :] = (1 - c) / 9
         p[i, lab] = c
     return p

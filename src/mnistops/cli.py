@@ -66,7 +66,7 @@ class _RichTask:
 
     @property
     def total(self) -> int | None:
-        return self._progress.tasks[self._id].total  # type: ignore[no-any-return]
+        return self._progress.tasks[self._id].total
 
     @total.setter
     def total(self, value: int | None) -> None:
@@ -190,7 +190,9 @@ def data_info(dataset: DatasetOpt = "mnist", as_json: JsonOpt = False) -> None:
         table.add_row(key, str(info[key]))
     for split, part in info["splits"].items():
         table.add_row(f"{split} rows", f"{part['n']:,}")
-    table.add_row("class counts", " ".join(f"{n}:{c}" for n, c in zip(info["class_names"], info["class_counts"])))
+    table.add_row(
+        "class counts", " ".join(f"{n}:{c}" for n, c in zip(info["class_names"], info["class_counts"], strict=True))
+    )
     _out().print(table)
 
 

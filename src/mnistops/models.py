@@ -166,7 +166,7 @@ class SklearnModel:
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities ``float64 (n, 10)``."""
-        return self.pipeline().predict_proba(x)  # type: ignore[no-any-return]
+        return self.pipeline().predict_proba(x)
 
     def pipeline(self) -> Any:
         """The fitted estimator, with its scaler in a ``Pipeline`` when there is one."""

@@ -185,13 +185,14 @@ def _log_inputs(cfg: Config, ds: Dataset, split: Any, report: dict[str, Any], en
                 code: dict[str, provenance.GitInfo], lock: str) -> None:  # fmt: skip
     """Everything known before fitting: logged first, so a failed run still shows it."""
     import mlflow
+    from mlflow.data.numpy_dataset import from_numpy
 
     params = {k: ("None" if v is None else v) for k, v in cfg.flat().items()}
     mlflow.log_params(params)
     with warnings.catch_warnings():
         # MLflow registers its local-file source twice and warns that a path is ambiguous.
         warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_numpy(
+        dataset = from_numpy(
             ds.images,
             targets=ds.labels,
             source=ds.cache_path or ds.source,

