@@ -120,7 +120,11 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)  # in-process code (and earlier tests) may have set another
     return work
 
 
@@ -134,3 +138,21 @@ def read_store(uri: str, script: str) -> object:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def clean_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the mnistops source in a freshly committed (clean) git repository.
+
+    Runs started with ``PYTHONPATH`` set to its ``src`` import mnistops from there, so the
+    run cache sees a clean tree whatever state the developer's checkout is in.
+    """
+    root = tmp_path_factory.mktemp("clean-source")
+    shutil.copytree(Path(__file__).resolve().parent.parent / "src" / "mnistops", root / "src" / "mnistops",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    (root / ".gitignore").write_text("__pycache__/\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], cwd=root, check=True)
+    subprocess.run([*git, "add", "."], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-qm", "source"], cwd=root, check=True)
+    return root

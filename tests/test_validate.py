@@ -35,7 +35,10 @@ def test_rare_class_and_duplicates_are_warnings(mnist: Dataset) -> None:
     ds = Dataset("tiny", mnist.images[rows], mnist.labels[rows], np.arange(len(rows)) < 4000)
     report = validate(ds)
     assert report["rare_classes"] == [3] and report["duplicate_images"] == 2
-    assert report["warnings"] == ["classes [3] each have under 1% of rows", "2 images are exact duplicates of another image"]
+    assert report["warnings"] == [
+        "classes [3] each have under 1% of rows",
+        "2 images are exact duplicates of another image",
+    ]
 
 
 def test_missing_split_is_an_error(mnist: Dataset) -> None:

@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mnistops.errors import MnistopsError
+from mnistops.errors import GateError, MnistopsError
+
+
+class MnistopsGateUsage(GateError):
+    """``promote`` was called with neither a run id nor ``--latest``."""
+
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -51,7 +56,10 @@ def _err() -> Console:
 def _out() -> Console:
     from rich.console import Console
 
-    return Console()
+    console = Console()
+    if not console.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
+        console = Console(width=160)
+    return console
 
 
 def _emit_json(obj: Any) -> None:
@@ -272,10 +280,20 @@ def _print_summary(result: Any, title: str) -> None:
     out.print(f"open the UI: mlflow ui --backend-store-uri {result.tracking_uri}", highlight=False)
 
 
+def _with_progress(quiet: bool, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    reporter = _reporter(quiet)
+    if isinstance(reporter, RichReporter):
+        with reporter:
+            return fn(*args, progress=reporter, **kwargs)
+    return fn(*args, progress=reporter, **kwargs)
+
+
 @app.command("train")
 def train_cmd(
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Train even when an identical run is cached.")] = False,
+    promote: Annotated[bool, typer.Option("--promote", help="Run the promotion gate right after.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train, evaluate and record one run in MLflow (data, code, config, environment, model)."""
@@ -284,16 +302,177 @@ def train_cmd(
 
     cfg = load_config(config, set_ or [])
     _sigterm_raises()
-    reporter = _reporter(as_json)
-    if isinstance(reporter, RichReporter):
-        with reporter:
-            result = train(cfg, reporter)
+    result = _with_progress(as_json, train, cfg, force=force)
+    decision = None
+    if promote:
+        from mnistops.registry import promote as run_gate
+
+        decision = run_gate(result.tracking_uri, result.run_id, cfg.gate, cfg.tracking.registered_model)
+    if as_json:
+        _emit_json({**result.to_dict(), **({"promotion": decision.to_dict()} if decision else {})})
     else:
-        result = train(cfg, reporter)
+        if result.cached:
+            _out().print(f"[cyan]cached:[/] run {result.run_id} has the same data, split, config, code and "
+                         "environment; nothing trained (--force to retrain)")  # fmt: skip
+        _print_summary(result, f"{cfg.model.name} on {cfg.data.dataset}")
+        if decision is not None:
+            _print_decision(decision)
+    if decision is not None and not decision.promoted:
+        raise typer.Exit(1)
+
+
+def _print_decision(decision: Any) -> None:
+    from rich.table import Table
+
+    table = Table(
+        title=f"promotion gate: {decision.model} v{decision.candidate_version} "
+        f"vs champion {('v' + decision.champion_version) if decision.champion_version else '(none)'}"
+    )
+    for col in ("check", "metric", "candidate", "champion", "delta", "threshold", "result"):
+        table.add_column(col, justify="right" if col not in ("check", "metric", "result") else "left")
+    for c in decision.checks:
+        table.add_row(c.rule, c.metric, f"{c.candidate:.4f}", "-" if c.champion is None else f"{c.champion:.4f}",
+                      "-" if c.delta is None else f"{c.delta:+.4f}", f"{c.threshold:.4f}",
+                      "[green]pass[/]" if c.passed else "[red]fail[/]")  # fmt: skip
+    out = _out()
+    if decision.checks:
+        out.print(table)
+    verdict = "[green]PROMOTED[/]" if decision.promoted else "[yellow]NOT PROMOTED[/]"
+    out.print(f"{verdict}: {decision.reason}", highlight=False)
+
+
+@app.command("promote")
+def promote_cmd(
+    run_id: Annotated[str | None, typer.Argument(help="The candidate run (default: --latest).")] = None,
+    latest: Annotated[bool, typer.Option("--latest", help="Take the newest finished training run.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and print; move and record nothing.")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Gate a run's model: promote it to @champion if it beats the floor and the champion. Exit 1 if refused."""
+    from mnistops.config import load_config
+    from mnistops.registry import latest_run, promote
+    from mnistops.tracking import check_store, resolve_uri
+
+    cfg = load_config(config, set_ or [])
+    uri = resolve_uri(cfg.tracking.uri)
+    check_store(uri)
+    if run_id is None:
+        if not latest:
+            raise MnistopsGateUsage("give a RUN_ID or --latest")
+        run_id = latest_run(uri, cfg.tracking.experiment)
+    decision = promote(uri, run_id, cfg.gate, cfg.tracking.registered_model, dry_run=dry_run)
+    if as_json:
+        _emit_json(decision.to_dict())
+    else:
+        _print_decision(decision)
+    if not decision.promoted and not (dry_run and all(c.passed for c in decision.checks) and decision.checks):
+        raise typer.Exit(1)
+
+
+@app.command("rollback")
+def rollback_cmd(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Move @champion back to @previous."""
+    from mnistops.config import load_config
+    from mnistops.registry import rollback
+    from mnistops.tracking import check_store, resolve_uri
+
+    cfg = load_config(config, set_ or [])
+    uri = resolve_uri(cfg.tracking.uri)
+    check_store(uri)
+    old, new = rollback(uri, cfg.tracking.registered_model)
+    _out().print(f"[green]✓[/] {cfg.tracking.registered_model}@champion: v{old} → v{new}")
+
+
+@app.command("reproduce")
+def reproduce_cmd(
+    run_id: Annotated[str, typer.Argument(help="The run to reproduce.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-run a run from its record alone and compare every metric and prediction. Exit 1 on mismatch."""
+    from mnistops.reproduce import reproduce
+    from mnistops.tracking import resolve_uri
+
+    _sigterm_raises()
+    result = _with_progress(as_json, reproduce, resolve_uri(None), run_id)
     if as_json:
         _emit_json(result.to_dict())
     else:
-        _print_summary(result, f"{cfg.model.name} on {cfg.data.dataset}")
+        out = _out()
+        for w in result.warnings:
+            out.print(f"[yellow]warning:[/] {w}", highlight=False)
+        colour = {"identical": "green", "within_tolerance": "cyan"}.get(result.verdict, "red")
+        out.print(f"[{colour}]{result.verdict.upper()}[/]: run {result.original_run} reproduced as {result.new_run}")
+        out.print(f"  prediction mismatches {result.prediction_mismatches}, max probability diff "
+                  f"{result.max_proba_diff:.3g}, tolerance: {result.tolerance['reason']}")  # fmt: skip
+        for k, v in sorted(result.metric_diffs.items()):
+            out.print(f"  {k}: differs by {v:.3g}")
+    if result.verdict == "mismatch":
+        raise typer.Exit(1)
+
+
+@runs_app.command("list")
+def runs_list(
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many runs.")] = 20,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The newest runs: id, when, model, key params, metrics, data fingerprint, champion marker."""
+    from mnistops.config import load_config
+    from mnistops.runs import list_runs
+    from mnistops.tracking import check_store, resolve_uri
+
+    cfg = load_config(config)
+    uri = resolve_uri(cfg.tracking.uri)
+    check_store(uri)
+    rows = list_runs(uri, cfg.tracking.experiment, cfg.tracking.registered_model, limit)
+    if as_json:
+        _emit_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"runs in {cfg.tracking.experiment} ({uri})")
+    for col in ("", "run", "started", "status", "model", "params", "accuracy", "f1_macro", "data"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row("★" if r["champion"] else ("↺" if r["reproduction_of"] else ""), r["run_id"][:12], r["started"],
+                      r["status"], r["model"], " ".join(f"{k}={v}" for k, v in r["params"].items()),
+                      "" if r["accuracy"] is None else f"{r['accuracy']:.4f}",
+                      "" if r["f1_macro"] is None else f"{r['f1_macro']:.4f}", r["data"])  # fmt: skip
+    _out().print(table)
+    _out().print("★ @champion   ↺ reproduction")
+
+
+@runs_app.command("compare")
+def runs_compare(
+    run_a: Annotated[str, typer.Argument()],
+    run_b: Annotated[str, typer.Argument()],
+    as_json: JsonOpt = False,
+) -> None:
+    """What differs between two runs: params, metric deltas, data, code, environment."""
+    from mnistops.runs import compare_runs
+    from mnistops.tracking import check_store, resolve_uri
+
+    uri = resolve_uri(None)
+    check_store(uri)
+    diff = compare_runs(uri, run_a, run_b)
+    if as_json:
+        _emit_json(diff)
+        return
+    out = _out()
+    out.print(f"A {run_a}   B {run_b}")
+    for part in ("data", "split", "config", "code"):
+        d = diff[part]
+        out.print(f"{part:7} {'same' if d['same'] else 'DIFFERENT'}  ({str(d['a'])[:16]} / {str(d['b'])[:16]})")
+    for k, v in diff["params"].items():
+        out.print(f"param   {k}: {v['a']} → {v['b']}")
+    for k in ("accuracy", "f1_macro", "f1_weighted", "log_loss"):
+        if k in diff["metrics"]:
+            m = diff["metrics"][k]
+            out.print(f"metric  {k}: {m['a']:.4f} → {m['b']:.4f} ({m['delta']:+.4f})")
+    for k, v in diff["environment"].items():
+        out.print(f"env     {k}: {v['a']} → {v['b']}")
 
 
 def main() -> None:

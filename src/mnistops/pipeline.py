@@ -112,8 +112,59 @@ def pip_requirements(kind: str, dists: dict[str, tuple[str, str]] | None = None)
     return [f"{n}=={v}" for n, v in versions.items()]
 
 
-def train(cfg: Config, progress: Reporter | None = None) -> TrainResult:
-    """Run the whole pipeline for ``cfg`` and record it in MLflow; return the result."""
+def cache_key(cfg: Config, ds: Dataset, split_fp: str, env: dict[str, Any],
+              code: dict[str, provenance.GitInfo]) -> dict[str, str] | None:  # fmt: skip
+    """The run-cache key (tags a matching run must carry), or None when the code is dirty."""
+    key = {
+        "mnistops.data_fingerprint": ds.fingerprint,
+        "mnistops.split_fingerprint": split_fp,
+        "mnistops.config_hash": cfg.hash(),
+        "mnistops.env_hash": provenance.environment_hash(env),
+    }
+    if "code" in code:
+        if code["code"].dirty:
+            return None
+        key["git.code.commit"] = code["code"].commit
+    return key
+
+
+def result_from_run(run: Any, uri: str) -> TrainResult:
+    """Rebuild a run's :class:`TrainResult` from its record (for cache hits)."""
+    from mnistops.runs import model_uri_of
+
+    metrics = dict(run.data.metrics)
+    tags = run.data.tags
+    return TrainResult(
+        run_id=run.info.run_id,
+        experiment=tags.get("mnistops.experiment", ""),
+        model_uri=model_uri_of(run),
+        metrics=metrics,
+        data_fingerprint=tags.get("mnistops.data_fingerprint", ""),
+        split_fingerprint=tags.get("mnistops.split_fingerprint", ""),
+        config_hash=tags.get("mnistops.config_hash", ""),
+        durations={k: v for k, v in metrics.items() if k.startswith("time_")},
+        tracking_uri=uri,
+        cached=True,
+        model_version=tags.get("mnistops.model_version"),
+    )
+
+
+def train(
+    cfg: Config,
+    progress: Reporter | None = None,
+    force: bool = False,
+    register: bool = True,
+    extra_tags: dict[str, str] | None = None,
+) -> TrainResult:
+    """Run the whole pipeline for ``cfg`` and record it in MLflow; return the result.
+
+    Args:
+        cfg: the resolved config.
+        progress: shows progress bars.
+        force: train even when the run cache holds a matching run.
+        register: register the model as a new version of ``tracking.registered_model``.
+        extra_tags: more run tags (a reproduction names its original).
+    """
     from mnistops import sources
     from mnistops.models import build_model
     from mnistops.split import make_split
@@ -135,7 +186,18 @@ def train(cfg: Config, progress: Reporter | None = None) -> TrainResult:
     dists = provenance.installed()
     env = provenance.environment(dists)
     code = provenance.code_versions()
-    tags = run_tags(cfg, ds, split.fingerprint, env, code)
+    tags = {**run_tags(cfg, ds, split.fingerprint, env, code), **(extra_tags or {})}
+    tags["mnistops.experiment"] = cfg.tracking.experiment
+    key = cache_key(cfg, ds, split.fingerprint, env, code)
+    if not force and key is not None:
+        from mnistops.runs import find_cached
+
+        hit = find_cached(uri, cfg.tracking.experiment, key)
+        if hit is not None:
+            log.info("run cache hit: run %s has the same data, split, config, code and environment", hit.info.run_id)
+            return result_from_run(hit, uri)
+    elif key is None:
+        log.info("the mnistops source tree is dirty: the run cache is not used")
     with tracking.tracked_run(uri, cfg.tracking.experiment, cfg.tracking.run_name, tags) as run:
         run_id = run.info.run_id
         log.info("run %s: %s on %s (%s)", run_id, cfg.model.name, ds.name, ds.fingerprint[:12])
@@ -161,6 +223,13 @@ def train(cfg: Config, progress: Reporter | None = None) -> TrainResult:
         metrics = {**result.metrics, **durations, "peak_rss_mb": round(peak_rss_mb(), 1)}
         _log_metrics(metrics)
         _log_outputs(result, metrics)
+        version = None
+        if register:
+            from mnistops.registry import register as register_version
+
+            version = register_version(uri, cfg.tracking.registered_model, info.model_uri, run_id, tags, metrics)
+            _set_tag("mnistops.model_version", version)
+            _set_tag("mnistops.registered_model", cfg.tracking.registered_model)
 
     return TrainResult(
         run_id=run_id,
@@ -172,7 +241,14 @@ def train(cfg: Config, progress: Reporter | None = None) -> TrainResult:
         config_hash=cfg.hash(),
         durations=durations,
         tracking_uri=uri,
+        model_version=version,
     )
+
+
+def _set_tag(key: str, value: str) -> None:
+    import mlflow
+
+    mlflow.set_tag(key, value)
 
 
 def _log_epoch(step: int, values: dict[str, float]) -> None:

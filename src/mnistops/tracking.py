@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,12 @@ def _quiet_mlflow() -> None:
     # Fail over HTTP in seconds, not after minutes of retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    import mlflow  # noqa: F401  (it sets up its own loggers on import; quiet them after)
+
     for name in ("mlflow", "alembic", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # The pyfunc model has no type hints on purpose (its signature is given explicitly).
+    warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
 
 
 def check_store(uri: str) -> None:

@@ -1,0 +1,234 @@
+"""The model registry: versions, the promotion gate, and rollback (aliases, not stages).
+
+Every successful ``train`` registers a version under ``tracking.registered_model``.
+:func:`promote` scores the candidate and the current ``@champion`` on the same held-out split,
+freshly (logged numbers are not trusted), and moves ``@champion`` only if the candidate clears
+the floor and is not worse than the champion by more than the tolerance. Alias moves are
+ordered so that a failure between them leaves ``@champion`` on a valid version:
+``@previous`` is set first, then ``@champion`` is re-pointed in one atomic update.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mnistops import tracking
+from mnistops.config import Config, GateConfig
+from mnistops.errors import GateError, RunNotFoundError, TrackingError
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+PREVIOUS = "previous"
+VERSION_TAGS = ("mnistops.data_fingerprint", "mnistops.split_fingerprint", "mnistops.config_hash", "git.code.commit")
+
+
+def register(uri: str, name: str, model_uri: str, run_id: str, tags: dict[str, str],
+             metrics: dict[str, float]) -> str:  # fmt: skip
+    """Register ``model_uri`` as a new version of ``name``; return the version number."""
+    import mlflow
+
+    version_tags = {k.split(".")[-1]: tags[k] for k in VERSION_TAGS if k in tags}
+    version_tags.update({k: f"{metrics[k]:.6f}" for k in ("accuracy", "f1_macro", "log_loss") if k in metrics})
+    version_tags["run_id"] = run_id
+    mlflow.set_tracking_uri(uri)
+    try:
+        mv = mlflow.register_model(model_uri, name, tags=version_tags)
+    except Exception as exc:
+        raise TrackingError(f"cannot register model {name!r} in {uri}: {str(exc).splitlines()[0]}") from None
+    return str(mv.version)
+
+
+def version_for_run(uri: str, name: str, run_id: str) -> Any:
+    """The model version of ``name`` registered from ``run_id``."""
+    versions = tracking.client(uri).search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    if not versions:
+        raise RunNotFoundError(f"run {run_id} has no version of model {name!r}: train it again, or check the run id")
+    return max(versions, key=lambda v: int(v.version))
+
+
+def alias_version(uri: str, name: str, alias: str) -> Any | None:
+    """The version behind ``name@alias``, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return tracking.client(uri).get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+@dataclass
+class Check:
+    """One row of the decision table."""
+
+    rule: str
+    metric: str
+    candidate: float
+    champion: float | None
+    threshold: float
+    passed: bool
+
+    @property
+    def delta(self) -> float | None:
+        """Candidate minus champion."""
+        return None if self.champion is None else self.candidate - self.champion
+
+
+@dataclass
+class Decision:
+    """What the gate decided, and why."""
+
+    model: str
+    candidate_version: str
+    candidate_run: str
+    champion_version: str | None
+    promoted: bool
+    dry_run: bool
+    reason: str
+    checks: list[Check] = field(default_factory=list)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready decision, with each check's delta."""
+        d = asdict(self)
+        for row, check in zip(d["checks"], self.checks, strict=True):
+            row["delta"] = check.delta
+        return d
+
+
+def _score(model_uri: str, cfg: Config) -> dict[str, float]:
+    """Score a registered model on the held-out split its config defines."""
+    import mlflow.pyfunc
+
+    from mnistops import sources
+    from mnistops.evaluate import evaluate
+    from mnistops.split import make_split
+
+    ds = sources.load(cfg.data.dataset, source=cfg.data.source)
+    split = make_split(ds, cfg.split.strategy, cfg.split.test_size, cfg.seed)
+    frame = mlflow.pyfunc.load_model(model_uri).predict(ds.features(split.test))
+    proba = frame[[f"prob_{i}" for i in range(10)]].to_numpy()
+    return evaluate(ds.labels[split.test], proba, ds.class_names).metrics
+
+
+def run_config(uri: str, run_id: str) -> Config:
+    """The resolved config a run saved (``config.yaml``), read back alone (no env, no overrides)."""
+    import tempfile
+
+    import mlflow
+
+    from mnistops.config import load_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.set_tracking_uri(uri)
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml", dst_path=tmp)
+        except Exception:
+            raise RunNotFoundError(
+                f"run {run_id} has no saved config.yaml: it was not made by mnistops train"
+            ) from None
+        return load_config(path, environ={})
+
+
+def latest_run(uri: str, experiment: str) -> str:
+    """The newest FINISHED training run (not a reproduction) of ``experiment``."""
+    c = tracking.client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        raise RunNotFoundError(f"experiment {experiment!r} has no runs in {uri}: run `mnistops train` first")
+    runs = c.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
+                         max_results=20)  # fmt: skip
+    for run in runs:
+        if "mnistops.reproduction_of" not in run.data.tags:
+            return str(run.info.run_id)
+    raise RunNotFoundError(f"experiment {experiment!r} has no finished training run: run `mnistops train` first")
+
+
+def promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool = False) -> Decision:
+    """Run the gate for ``run_id``'s model version; move aliases if it passes (unless dry run)."""
+    client = tracking.client(uri)
+    candidate = version_for_run(uri, name, run_id)
+    champion = alias_version(uri, name, CHAMPION)
+    decision = Decision(name, str(candidate.version), run_id, str(champion.version) if champion else None,
+                        promoted=False, dry_run=dry_run, reason="")  # fmt: skip
+    if champion is not None and str(champion.version) == str(candidate.version):
+        decision.reason = f"version {candidate.version} is already @{CHAMPION}"
+        return decision
+    cand_run = tracking.get_run(uri, run_id)
+    if champion is not None:
+        champ_run = tracking.get_run(uri, champion.run_id)
+        for key, what in (("mnistops.data_fingerprint", "data"), ("mnistops.split_fingerprint", "split")):
+            a, b = cand_run.data.tags.get(key), champ_run.data.tags.get(key)
+            if a != b:
+                decision.reason = (f"candidate and champion were trained on different {what}: "
+                                   f"{what} fingerprint {a} (candidate) vs {b} (champion); "
+                                   "retrain the candidate on the champion's data and split")  # fmt: skip
+                _record(client, name, candidate.version, decision)
+                return decision
+    cfg = run_config(uri, run_id)
+    scores = {"candidate": _score(f"models:/{name}/{candidate.version}", cfg)}
+    if champion is not None:
+        scores["champion"] = _score(f"models:/{name}/{champion.version}", cfg)
+    decision.scores = scores
+    cand = scores["candidate"]
+    champ = scores.get("champion")
+    decision.checks.append(Check("floor", gate.floor_metric, cand[gate.floor_metric],
+                                 champ[gate.floor_metric] if champ else None, gate.floor,
+                                 cand[gate.floor_metric] >= gate.floor))  # fmt: skip
+    if champ is not None:
+        threshold = champ[gate.metric] - gate.tolerance
+        decision.checks.append(Check("not worse than champion", gate.metric, cand[gate.metric], champ[gate.metric],
+                                     threshold, cand[gate.metric] >= threshold))  # fmt: skip
+    failed = [c for c in decision.checks if not c.passed]
+    decision.promoted = not failed and not dry_run
+    if failed:
+        decision.reason = "; ".join(f"{c.metric} {c.candidate:.4f} < {c.threshold:.4f} ({c.rule})" for c in failed)
+    else:
+        decision.reason = "passes every check" + (" (dry run: nothing moved)" if dry_run else "")
+    if dry_run:
+        return decision
+    _record(client, name, candidate.version, decision)
+    if decision.promoted:
+        move_champion(client, name, str(candidate.version), champion)
+        client.set_model_version_tag(name, candidate.version, "mnistops.gate.promoted_at", str(int(time.time())))
+    return decision
+
+
+def move_champion(client: Any, name: str, version: str, old_champion: Any | None) -> None:
+    """Point ``@champion`` at ``version``; the old champion becomes ``@previous`` first.
+
+    If the store fails between the two updates, ``@champion`` still names the old champion
+    (a valid version) and ``@previous`` names it too: nothing is ever left unset.
+    """
+    if old_champion is not None:
+        client.set_registered_model_alias(name, PREVIOUS, str(old_champion.version))
+    client.set_registered_model_alias(name, CHAMPION, version)
+
+
+def _record(client: Any, name: str, version: Any, decision: Decision) -> None:
+    tags = {
+        "mnistops.gate.decision": "promoted" if decision.promoted else "refused",
+        "mnistops.gate.reason": decision.reason[:5000],
+        "mnistops.gate.champion_version": decision.champion_version or "none",
+    }
+    for check in decision.checks:
+        tags[f"mnistops.gate.{check.metric}"] = f"{check.candidate:.6f}"
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def rollback(uri: str, name: str) -> tuple[str, str]:
+    """Move ``@champion`` back to ``@previous``; return ``(from_version, to_version)``."""
+    client = tracking.client(uri)
+    previous = alias_version(uri, name, PREVIOUS)
+    champion = alias_version(uri, name, CHAMPION)
+    if previous is None:
+        raise GateError(f"model {name!r} has no @{PREVIOUS} version to roll back to")
+    client.set_registered_model_alias(name, CHAMPION, str(previous.version))
+    client.delete_registered_model_alias(name, PREVIOUS)
+    if champion is not None:
+        client.set_model_version_tag(name, champion.version, "mnistops.gate.rolled_back", str(int(time.time())))
+    return (str(champion.version) if champion else "none", str(previous.version))

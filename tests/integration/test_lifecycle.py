@@ -1,0 +1,267 @@
+"""Registry, promotion gate, rollback, reproduction, run cache and runs list/compare.
+
+Everything runs against a fresh SQLite store in a temp folder, through the real CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import one_line_error, run_cli
+from mnistops import cache, sources
+from mnistops.dataset import Dataset
+
+GOOD = ["--set", "model.params.n_estimators=25", "--set", "model.params.max_depth=14"]
+BETTER = ["--set", "model.params.n_estimators=40", "--set", "model.params.max_depth=18"]
+WORSE = ["--set", "model.params.n_estimators=5", "--set", "model.params.max_depth=5"]
+TINY = ["--set", "model.params.n_estimators=6", "--set", "model.params.max_depth=6"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def train(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    proc = run_cli("train", "--json", *args, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def aliases() -> dict[str, str]:
+    from mlflow.tracking import MlflowClient
+
+    model = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_registered_model("mnist-classifier")
+    return {alias: str(version) for alias, version in model.aliases.items()}
+
+
+def version_tags(version: str) -> dict[str, str]:
+    from mlflow.tracking import MlflowClient
+
+    return dict(MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_model_version("mnist-classifier", version).tags)
+
+
+def test_gate_promotes_refuses_and_rolls_back(store: Path) -> None:
+    good = train(*GOOD)
+    assert good["model_version"] == "1"
+    first = run_cli("promote", good["run_id"], "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["promoted"] and aliases() == {"champion": "1"}
+
+    worse = train(*WORSE)
+    refused = run_cli("promote", worse["run_id"], "--json")
+    assert refused.returncode == 1, refused.stderr
+    decision = json.loads(refused.stdout)
+    assert not decision["promoted"] and decision["champion_version"] == "1"
+    rows = {c["rule"]: c for c in decision["checks"]}
+    assert not rows["floor"]["passed"] and not rows["not worse than champion"]["passed"]
+    assert rows["not worse than champion"]["delta"] < -0.002
+    assert aliases() == {"champion": "1"}  # unchanged
+    tags = version_tags(worse["model_version"])
+    assert tags["mnistops.gate.decision"] == "refused" and "f1_macro" in tags["mnistops.gate.reason"]
+
+    better = train(*BETTER, "--promote")  # train --promote gates right after training
+    assert better["promotion"]["promoted"], better["promotion"]
+    assert aliases() == {"champion": better["model_version"], "previous": "1"}
+    assert version_tags(better["model_version"])["mnistops.gate.decision"] == "promoted"
+
+    rolled = run_cli("rollback")
+    assert rolled.returncode == 0, rolled.stderr
+    assert aliases() == {"champion": "1"}
+    assert "no @previous" in one_line_error(run_cli("rollback"))
+
+
+def test_dry_run_moves_and_records_nothing(store: Path) -> None:
+    run = train(*GOOD)
+    proc = run_cli("promote", "--latest", "--dry-run", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["dry_run"]
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_registered_model("mnist-classifier").aliases == {}
+    assert "mnistops.gate.decision" not in version_tags(run["model_version"])
+
+
+def test_gate_refuses_a_candidate_on_another_split(store: Path) -> None:
+    champion = train(*GOOD, "--promote")
+    assert champion["promotion"]["promoted"]
+    other = train(*GOOD, "--set", "split.strategy=official")
+    proc = run_cli("promote", other["run_id"])
+    assert proc.returncode == 1
+    assert "different split" in proc.stdout and other["split_fingerprint"] in proc.stdout.replace("\n", "")
+    assert champion["split_fingerprint"] in proc.stdout.replace("\n", "")
+    assert aliases() == {"champion": champion["model_version"]}
+
+
+@pytest.mark.skipif(not sources.FASHION_DEBIAN_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+def test_gate_refuses_a_candidate_on_other_data(store: Path) -> None:
+    champion = train(*GOOD, "--promote")
+    fashion = train(*TINY, "--set", "data.dataset=fashion-mnist")
+    proc = run_cli("promote", fashion["run_id"], "--json")
+    assert proc.returncode == 1
+    reason = json.loads(proc.stdout)["reason"]
+    assert f"data fingerprint {fashion['data_fingerprint']} (candidate) vs {champion['data_fingerprint']}" in reason
+
+
+def test_failure_between_alias_moves_leaves_a_valid_champion(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from mnistops import registry
+    from mnistops.config import load_config
+
+    first = train(*GOOD, "--promote")
+    second = train(*BETTER)
+    real = MlflowClient.set_registered_model_alias
+
+    def store_goes_away(self: MlflowClient, name: str, alias: str, version: str) -> None:
+        if alias == "champion":
+            raise MlflowException("(sqlite3.OperationalError) unable to open database file")
+        real(self, name, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", store_goes_away)
+    cfg = load_config()
+    with pytest.raises(MlflowException, match="unable to open database"):
+        registry.promote(os.environ["MLFLOW_TRACKING_URI"], second["run_id"], cfg.gate, "mnist-classifier")
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", real)  # the store is back
+    now = aliases()
+    assert now["champion"] == first["model_version"]  # never at nothing, never half-moved
+    assert MlflowClient().get_model_version("mnist-classifier", now["champion"]).status == "READY"
+
+
+def test_reproduce_says_identical(store: Path) -> None:
+    original = train(*TINY)
+    proc = run_cli("reproduce", original["run_id"], "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["verdict"] == "identical" and result["prediction_mismatches"] == 0
+    assert result["max_proba_diff"] == 0.0 and result["metric_diffs"] == {}
+    from mlflow.tracking import MlflowClient
+
+    tags = MlflowClient().get_run(result["new_run"]).data.tags
+    assert tags["mnistops.reproduction_of"] == original["run_id"]
+    assert tags["mnistops.reproduction.verdict"] == "identical"
+    assert "mnistops.model_version" not in tags  # a reproduction registers nothing
+
+
+def test_reproduce_reports_changed_package_versions(store: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    original = train(*TINY)
+    MlflowClient().set_tag(original["run_id"], "env.pkg.numpy", "1.26.4")  # as if trained on an older numpy
+    proc = run_cli("reproduce", original["run_id"], "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["package_diffs"]["numpy"] == {"run": "1.26.4", "now": np.__version__}
+    assert any(w.startswith("package numpy: 1.26.4 in the run") for w in result["warnings"])
+    text = run_cli("reproduce", original["run_id"])
+    assert "warning: package numpy: 1.26.4 in the run, " + np.__version__ + " now" in text.stdout
+
+
+def test_reproduce_refuses_when_the_users_data_file_changed(store: Path, mnist: Dataset) -> None:
+    rows = np.arange(0, 70_000, 14)  # 5,000 images, both splits
+    path = store / "digits.npz"
+    sub = Dataset("digits", mnist.images[rows], mnist.labels[rows], mnist.is_train[rows])
+    np.savez(path, **sub.official_arrays())
+    original = train(*TINY, "--set", f"data.dataset={path}")
+    with np.load(path) as z:
+        arrays = {k: z[k].copy() for k in z.files}
+    arrays["x_test"][0, 10, 10] ^= 0xFF
+    np.savez(path, **arrays)
+    line = one_line_error(run_cli("reproduce", original["run_id"]))
+    assert f"with fingerprint {original['data_fingerprint']}" in line
+    assert "it now has fingerprint" in line and "restore the original data" in line
+
+
+@pytest.mark.skipif(not sources.FASHION_DEBIAN_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+def test_reproduce_refuses_when_the_cached_file_changed(store: Path, private_cache: Path) -> None:
+    original = train(*TINY, "--set", "data.dataset=fashion-mnist")
+    ds = sources.load("fashion-mnist", source="cache")
+    images = ds.images.copy()
+    images[5, 3, 3] ^= 0x0F  # a consistent but different cache file: fingerprint recorded anew
+    changed = Dataset(**{**ds.__dict__, "images": images, "fingerprint": ""})
+    cache.write_dataset(changed)
+    line = one_line_error(run_cli("reproduce", original["run_id"]))
+    assert f"fingerprint {original['data_fingerprint']}" in line and "it now has fingerprint" in line
+
+
+def test_run_cache_skips_work_already_done(store: Path, clean_source: Path) -> None:
+    env = {"PYTHONPATH": str(clean_source / "src")}
+    first = train(*TINY, env=env)
+    proc = run_cli("-v", "train", "--json", *TINY, env=env)
+    assert proc.returncode == 0, proc.stderr
+    second = json.loads(proc.stdout)
+    assert second["cached"] is True and second["run_id"] == first["run_id"]
+    assert second["metrics"]["accuracy"] == first["metrics"]["accuracy"]
+    assert second["model_uri"] == first["model_uri"]
+    assert "run cache hit" in proc.stderr and "stage fit" not in proc.stderr
+    from mlflow.tracking import MlflowClient
+
+    def n_runs() -> int:
+        exp = MlflowClient().get_experiment_by_name("mnistops")
+        return len(MlflowClient().search_runs([exp.experiment_id]))
+
+    assert n_runs() == 1  # the cache hit logged nothing
+    forced = train(*TINY, "--force", env=env)
+    assert forced["cached"] is False and forced["run_id"] != first["run_id"] and n_runs() == 2
+    (clean_source / "src" / "mnistops" / "NOTE.txt").write_text("local change")  # now the tree is dirty
+    try:
+        dirty = train(*TINY, env=env)
+    finally:
+        (clean_source / "src" / "mnistops" / "NOTE.txt").unlink()
+    assert dirty["cached"] is False and n_runs() == 3
+
+
+def test_runs_list_and_compare(store: Path) -> None:
+    a = train(*GOOD, "--promote")
+    b = train(*TINY)
+    rows = json.loads(run_cli("runs", "list", "--json").stdout)
+    assert [r["run_id"] for r in rows] == [b["run_id"], a["run_id"]]
+    assert [r["champion"] for r in rows] == [False, True]
+    assert (
+        rows[1]["params"] == {"n_estimators": "25", "max_depth": "14"} and rows[1]["data"] == a["data_fingerprint"][:12]
+    )
+    assert json.loads(run_cli("runs", "list", "--limit", "1", "--json").stdout)[0]["run_id"] == b["run_id"]
+    diff = json.loads(run_cli("runs", "compare", a["run_id"], b["run_id"], "--json").stdout)
+    assert diff["params"]["model.params.n_estimators"] == {"a": "25", "b": "6"}
+    assert diff["metrics"]["accuracy"]["delta"] == pytest.approx(b["metrics"]["accuracy"] - a["metrics"]["accuracy"])
+    assert diff["data"]["same"] and diff["split"]["same"] and not diff["config"]["same"]
+    assert diff["environment"] == {}
+    text = run_cli("runs", "compare", a["run_id"], b["run_id"]).stdout
+    assert "param   model.params.n_estimators: 25 → 6" in text
+    assert "no run 'nope'" in one_line_error(run_cli("runs", "compare", a["run_id"], "nope"))
+
+
+def _commands(workflow: dict[str, Any]) -> list[list[str]]:
+    out = []
+    for job in workflow["jobs"].values():
+        for step in job["steps"]:
+            for line in str(step.get("run", "")).splitlines():
+                words = line.split("|")[0].split(">>")[0].split()
+                if words[:1] == ["mnistops"]:
+                    out.append(words[1:])
+    return out
+
+
+def test_workflow_runs_only_commands_the_cli_has() -> None:
+    path = ROOT / ".github" / "workflows" / "ci.yml"
+    workflow = yaml.safe_load(path.read_text())
+    triggers = workflow[True] if True in workflow else workflow["on"]  # YAML reads `on:` as True
+    assert {"push", "pull_request"} <= set(triggers)
+    assert workflow["jobs"]["train"]["if"].startswith("github.ref == 'refs/heads/main'")
+    commands = _commands(workflow)
+    assert ["train", "--promote", "--json"] in commands
+    for words in commands:
+        path_words = [w for w in words if not w.startswith("-")]
+        help_out = subprocess.run([sys.executable, "-m", "mnistops", *path_words, "--help"], capture_output=True,
+                                  text=True, check=False)  # fmt: skip
+        assert help_out.returncode == 0, words
+        for option in (w for w in words if w.startswith("--")):
+            assert option in help_out.stdout, (words, option)
+    cached = [s for j in workflow["jobs"].values() for s in j["steps"] if "actions/cache" in str(s.get("uses", ""))]
+    assert any(".cache/mnistops" in s["with"]["path"] for s in cached)
+    assert any(s.get("with", {}).get("cache") == "pip" for j in workflow["jobs"].values() for s in j["steps"])
