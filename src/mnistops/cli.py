@@ -99,7 +99,7 @@ class RichReporter:
     def __init__(self) -> None:
         from rich.progress import (
             BarColumn,
-            DownloadColumn,
+            MofNCompleteColumn,
             Progress,
             TextColumn,
             TimeElapsedColumn,
@@ -108,7 +108,7 @@ class RichReporter:
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
-            DownloadColumn(),
+            MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=_err(),
             transient=False,
@@ -322,6 +322,7 @@ def train_cmd(
 
 
 def _print_decision(decision: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(
@@ -338,7 +339,7 @@ def _print_decision(decision: Any) -> None:
     if decision.checks:
         out.print(table)
     verdict = "[green]PROMOTED[/]" if decision.promoted else "[yellow]NOT PROMOTED[/]"
-    out.print(f"{verdict}: {decision.reason}", highlight=False)
+    out.print(f"{verdict}: {escape(decision.reason)}", highlight=False)
 
 
 @app.command("promote")
@@ -399,9 +400,11 @@ def reproduce_cmd(
     if as_json:
         _emit_json(result.to_dict())
     else:
+        from rich.markup import escape
+
         out = _out()
         for w in result.warnings:
-            out.print(f"[yellow]warning:[/] {w}", highlight=False)
+            out.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
         colour = {"identical": "green", "within_tolerance": "cyan"}.get(result.verdict, "red")
         out.print(f"[{colour}]{result.verdict.upper()}[/]: run {result.original_run} reproduced as {result.new_run}")
         out.print(f"  prediction mismatches {result.prediction_mismatches}, max probability diff "
@@ -480,7 +483,9 @@ def main() -> None:
     try:
         app()
     except MnistopsError as exc:
-        _err().print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        _err().print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _err().print("[bold red]interrupted[/]")

@@ -75,13 +75,15 @@ class LogisticRegressionParams(_Params):
 class CNNParams(_Params):
     """The PyTorch CNN's recipe (see :mod:`mnistops.cnn`)."""
 
-    channels: tuple[int, int] = (32, 64)
+    channels: tuple[int, int] = (24, 48)
+    convs_per_block: int = Field(1, ge=1, le=3)
     hidden: int = Field(128, ge=8)
-    dropout: float = Field(0.25, ge=0, lt=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
     epochs: int = Field(6, ge=1)
     batch_size: int = Field(128, ge=1)
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(4e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
     schedule: Literal["onecycle", "constant"] = "onecycle"
     augment_shift: int = Field(2, ge=0, le=4)
     val_fraction: float = Field(0.05, gt=0, lt=0.5)

@@ -82,6 +82,7 @@ def reproduce(uri: str, run_id: str, progress: Reporter | None = None) -> Reprod
     from mnistops import sources
     from mnistops.pipeline import train
     from mnistops.registry import run_config
+    from mnistops.runs import is_timing
 
     tracking.check_store(uri)
     original = tracking.get_run(uri, run_id)
@@ -112,8 +113,9 @@ def reproduce(uri: str, run_id: str, progress: Reporter | None = None) -> Reprod
 
     result = train(cfg, progress, force=True, register=False, extra_tags={"mnistops.reproduction_of": run_id})
     tol = TOLERANCES.get(cfg.model.name, EXACT)
-    old_metrics = {k: v for k, v in original.data.metrics.items() if not k.startswith(("time_", "peak_rss"))}
-    metric_diffs = {k: abs(result.metrics.get(k, float("nan")) - v) for k, v in old_metrics.items()}
+    new_metrics = tracking.get_run(uri, result.run_id).data.metrics  # step metrics too (latest values)
+    metric_diffs = {k: abs(new_metrics.get(k, float("nan")) - v) for k, v in original.data.metrics.items()
+                    if not is_timing(k)}  # fmt: skip
     old_pred, new_pred = _predictions(uri, run_id), _predictions(uri, result.run_id)
     if not np.array_equal(old_pred["rows"], new_pred["rows"]):
         raise ReproductionError(f"run {run_id} and its reproduction scored different test rows: the split changed")

@@ -12,11 +12,9 @@ from typing import Any
 
 from mnistops import tracking
 
-TIMING = ("time_", "peak_rss_mb")
-
-
-def _is_timing(metric: str) -> bool:
-    return metric.startswith(TIMING)
+def is_timing(metric: str) -> bool:
+    """Wall times and memory: metrics that no re-run is expected to repeat."""
+    return metric.startswith("time_") or metric.endswith("_time_s") or metric == "peak_rss_mb"
 
 
 def find_cached(uri: str, experiment: str, key: dict[str, str]) -> Any | None:
@@ -81,7 +79,7 @@ def compare_runs(uri: str, run_a: str, run_b: str) -> dict[str, Any]:
     params = {k: {"a": pa.get(k), "b": pb.get(k)} for k in sorted(set(pa) | set(pb)) if pa.get(k) != pb.get(k)}
     ma, mb = a.data.metrics, b.data.metrics
     metrics = {k: {"a": ma[k], "b": mb[k], "delta": mb[k] - ma[k]} for k in sorted(set(ma) & set(mb))
-               if not _is_timing(k)}  # fmt: skip
+               if not is_timing(k)}  # fmt: skip
     ta, tb = a.data.tags, b.data.tags
 
     def same(key: str) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import tempfile
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,8 +43,7 @@ def _quiet_mlflow() -> None:
 
     for name in ("mlflow", "alembic", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    # The pyfunc model has no type hints on purpose (its signature is given explicitly).
-    warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
+
 
 
 def check_store(uri: str) -> None:

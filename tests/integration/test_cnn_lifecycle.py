@@ -1,0 +1,56 @@
+"""The CNN in the same lifecycle: tracked, promoted over a forest, reproduced."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from mnistops.dataset import Dataset
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.cnn
+
+FAST = ["--config", str(Path(__file__).resolve().parents[2] / "configs" / "cnn_fast.yaml")]
+
+
+def train(*args: str) -> dict[str, Any]:
+    proc = run_cli("train", "--json", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def test_cnn_run_beats_a_forest_champion_and_is_promoted(store: Path) -> None:
+    forest = train("--set", "model.params.n_estimators=25", "--set", "model.params.max_depth=14", "--promote")
+    assert forest["promotion"]["promoted"]
+    cnn = train(*FAST, "--set", "model.params.epochs=1", "--promote")
+    assert cnn["metrics"]["accuracy"] > forest["metrics"]["accuracy"]
+    decision = cnn["promotion"]
+    assert decision["promoted"] and decision["champion_version"] == forest["model_version"], decision
+    from mlflow.tracking import MlflowClient
+
+    import os
+
+    model = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_registered_model("mnist-classifier")
+    assert str(model.aliases["champion"]) == cnn["model_version"]
+    assert str(model.aliases["previous"]) == forest["model_version"]
+    history = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_metric_history(cnn["run_id"], "val_accuracy")
+    assert [m.step for m in history] == [1] and 0.9 < history[0].value <= 1.0
+
+
+def test_cnn_run_reproduces_identically(store: Path, mnist: Dataset) -> None:
+    rows = np.arange(0, 70_000, 20)
+    path = store / "digits.npz"
+    Dataset("digits", mnist.images[rows], mnist.labels[rows], mnist.is_train[rows]).official_arrays()
+    np.savez(path, **Dataset("d", mnist.images[rows], mnist.labels[rows], mnist.is_train[rows]).official_arrays())
+    original = train("--set", "model.name=cnn", "--set", f"data.dataset={path}", "--set", "model.params.epochs=2",
+                     "--set", "model.params.channels=[8,16]", "--set", "model.params.threads=2")  # fmt: skip
+    proc = run_cli("reproduce", original["run_id"], "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["verdict"] == "identical", result
+    assert result["prediction_mismatches"] == 0 and result["max_proba_diff"] == 0.0

@@ -1,0 +1,112 @@
+"""The CNN on small real MNIST: learns, is deterministic, and loads anywhere with stock MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mnistops.dataset import Dataset, to_features
+from mnistops.models import build_model
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.cnn
+
+TINY = {"channels": [8, 16], "hidden": 32, "epochs": 2, "batch_size": 64, "lr": 0.01, "augment_shift": 1,
+        "val_fraction": 0.1, "threads": 2}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def small(mnist: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rows = np.random.default_rng(1).permutation(mnist.n_samples)[:3000]
+    return mnist.features(rows[:2400]), mnist.labels[rows[:2400]], mnist.features(rows[2400:]), mnist.labels[rows[2400:]]
+
+
+def test_cnn_trains_and_improves(small: tuple[np.ndarray, ...]) -> None:
+    x, y, xt, yt = small
+    model = build_model("cnn", {**TINY, "epochs": 3}, seed=0)
+    model.fit(x, y)
+    history = model.history  # type: ignore[attr-defined]
+    assert len(history) == 3
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert max(h["val_accuracy"] for h in history) > 0.85
+    assert (model.predict_proba(xt).argmax(1) == yt).mean() > 0.85
+
+
+def test_same_seed_gives_identical_weights(small: tuple[np.ndarray, ...]) -> None:
+    x, y, _, _ = small
+    weights = []
+    for seed in (5, 5, 6):
+        m = build_model("cnn", TINY, seed=seed)
+        m.fit(x, y)
+        weights.append({k: v.clone() for k, v in m.state_dict().items()})  # type: ignore[attr-defined]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
+def test_images_and_floats_give_the_same_answers(small: tuple[np.ndarray, ...], mnist: Dataset) -> None:
+    x, y, _, _ = small
+    m = build_model("cnn", {**TINY, "epochs": 1}, seed=0)
+    m.fit(x, y)
+    images = mnist.images[:64]
+    np.testing.assert_array_equal(m.predict_proba(to_features(images)), m.predict_proba(mnist.features(np.arange(64))))
+    from mnistops.pyfunc_model import MnistClassifier
+
+    directory = Path(os.environ.get("TMPDIR", "/tmp")) / f"cnn-{os.getpid()}"
+    m.save(directory)
+    wrapper = MnistClassifier()
+    from types import SimpleNamespace
+
+    wrapper.load_context(SimpleNamespace(artifacts={"model_dir": str(directory)}))
+    assert wrapper.predict(None, images).equals(wrapper.predict(None, images.reshape(64, 784).astype(np.float32) / 255))
+
+
+PREDICT = """
+import sys, json
+sys.modules["mnistops"] = None  # stock MLflow and torch only
+import numpy as np, torch, mlflow.pyfunc
+torch.set_num_threads(2)
+out = mlflow.pyfunc.load_model({uri!r}).predict(np.load({x!r}))
+np.save({out!r}, out.filter(like="prob_").to_numpy())
+print(json.dumps({{"labels": out["label"].tolist()}}))
+"""
+
+
+def test_pyfunc_in_a_fresh_process_answers_exactly_as_in_process(
+    small: tuple[np.ndarray, ...], store: Path, tmp_path: Path
+) -> None:
+    import mlflow
+
+    from mnistops import tracking
+    from mnistops.pipeline import pip_requirements
+
+    x, y, xt, _ = small
+    m = build_model("cnn", {**TINY, "epochs": 1}, seed=0)
+    m.fit(x, y)
+    m.save(tmp_path / "model")
+    mlflow.set_experiment("cnn-test")
+    with mlflow.start_run():
+        info = tracking.log_model(tmp_path / "model", xt[:5], pip_requirements("torch"))
+    np.save(tmp_path / "x.npy", xt)
+    proc = subprocess.run([sys.executable, "-c", PREDICT.format(uri=info.model_uri, x=str(tmp_path / "x.npy"),
+                                                                out=str(tmp_path / "p.npy"))],
+                          capture_output=True, text=True, check=False, env=os.environ.copy())  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    here = m.predict_proba(xt)
+    there: Any = np.load(tmp_path / "p.npy")
+    np.testing.assert_array_equal(there, here)
+    assert json.loads(proc.stdout)["labels"] == here.argmax(1).tolist()
+
+
+def test_without_torch_the_error_names_the_extra(store: Path) -> None:
+    code = ("import sys; sys.modules['torch'] = None; sys.argv = ['mnistops', 'train', '--set', 'model.name=cnn']; "
+            "from mnistops.cli import main; main()")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "model cnn needs PyTorch, which is not installed: pip install -e '.[cnn]'" in proc.stderr
