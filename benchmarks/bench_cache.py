@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import measure  # noqa: E402
+from _measure import measure
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_CACHED_S = 5.0

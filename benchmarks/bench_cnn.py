@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import measure  # noqa: E402
+from _measure import measure
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_TARGET, FULL_TARGET, FULL_WALL_S = 0.990, 0.994, 300.0

@@ -147,14 +147,19 @@ def _reporter(quiet: bool) -> Reporter | RichReporter:
     return NullReporter() if quiet or not sys.stderr.isatty() else RichReporter()
 
 
-def _load(dataset: str, source: str = "auto", refresh: bool = False, quiet: bool = False) -> Any:
-    from mnistops import sources
-
+def _with_progress(quiet: bool, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn(*args, progress=..., **kwargs)`` with progress bars unless ``quiet``."""
     reporter = _reporter(quiet)
     if isinstance(reporter, RichReporter):
         with reporter:
-            return sources.load(dataset, source=source, progress=reporter, refresh=refresh)
-    return sources.load(dataset, source=source, progress=reporter, refresh=refresh)
+            return fn(*args, progress=reporter, **kwargs)
+    return fn(*args, progress=reporter, **kwargs)
+
+
+def _load(dataset: str, source: str = "auto", refresh: bool = False, quiet: bool = False) -> Any:
+    from mnistops import sources
+
+    return _with_progress(quiet, sources.load, dataset, source=source, refresh=refresh)
 
 
 # --- data -------------------------------------------------------------------------------
@@ -278,14 +283,6 @@ def _print_summary(result: Any, title: str) -> None:
     out.print(f"data        {result.data_fingerprint[:16]}…  split {result.split_fingerprint[:16]}…")
     out.print(f"config      {result.config_hash[:16]}…")
     out.print(f"open the UI: mlflow ui --backend-store-uri {result.tracking_uri}", highlight=False)
-
-
-def _with_progress(quiet: bool, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    reporter = _reporter(quiet)
-    if isinstance(reporter, RichReporter):
-        with reporter:
-            return fn(*args, progress=reporter, **kwargs)
-    return fn(*args, progress=reporter, **kwargs)
 
 
 @app.command("train")

@@ -124,7 +124,7 @@ class TorchCNN:
     def _proba(self, x: torch.Tensor) -> np.ndarray:
         self.net.eval()
         with torch.inference_mode():
-            out = [torch.softmax(self.net(x[i : i + 2048]), 1) for i in range(0, len(x), 2048)]
+            out = [torch.softmax(self.net(x[i : i + 512]), 1) for i in range(0, len(x), 512)]
         return torch.cat(out).numpy() if out else np.zeros((0, 10), np.float32)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:

@@ -79,15 +79,15 @@ class CNNParams(_Params):
     convs_per_block: int = Field(1, ge=1, le=3)
     hidden: int = Field(128, ge=8)
     dropout: float = Field(0.1, ge=0, lt=1)
-    epochs: int = Field(6, ge=1)
+    epochs: int = Field(12, ge=1)
     batch_size: int = Field(128, ge=1)
-    lr: float = Field(4e-3, gt=0)
+    lr: float = Field(5e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
     schedule: Literal["onecycle", "constant"] = "onecycle"
     augment_shift: int = Field(2, ge=0, le=4)
     val_fraction: float = Field(0.05, gt=0, lt=0.5)
-    patience: int = Field(3, ge=1)
+    patience: int = Field(5, ge=1)
     threads: int = Field(0, ge=0)  # 0: all cores
 
 

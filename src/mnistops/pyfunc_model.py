@@ -92,8 +92,8 @@ class MnistClassifier(PythonModel):
 
         with torch.inference_mode():
             out = [
-                torch.softmax(self.model(torch.from_numpy(np.ascontiguousarray(x[i : i + 1024]))), 1).numpy()
-                for i in range(0, len(x), 1024)
+                torch.softmax(self.model(torch.from_numpy(np.ascontiguousarray(x[i : i + 512]))), 1).numpy()
+                for i in range(0, len(x), 512)
             ]
         return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
 

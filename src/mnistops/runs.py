@@ -12,6 +12,7 @@ from typing import Any
 
 from mnistops import tracking
 
+
 def is_timing(metric: str) -> bool:
     """Wall times and memory: metrics that no re-run is expected to repeat."""
     return metric.startswith("time_") or metric.endswith("_time_s") or metric == "peak_rss_mb"

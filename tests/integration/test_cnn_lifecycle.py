@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import run_cli
 
+from conftest import run_cli
 from mnistops.dataset import Dataset
 
 pytest.importorskip("torch")
@@ -31,9 +32,8 @@ def test_cnn_run_beats_a_forest_champion_and_is_promoted(store: Path) -> None:
     assert cnn["metrics"]["accuracy"] > forest["metrics"]["accuracy"]
     decision = cnn["promotion"]
     assert decision["promoted"] and decision["champion_version"] == forest["model_version"], decision
-    from mlflow.tracking import MlflowClient
 
-    import os
+    from mlflow.tracking import MlflowClient
 
     model = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_registered_model("mnist-classifier")
     assert str(model.aliases["champion"]) == cnn["model_version"]
@@ -45,7 +45,6 @@ def test_cnn_run_beats_a_forest_champion_and_is_promoted(store: Path) -> None:
 def test_cnn_run_reproduces_identically(store: Path, mnist: Dataset) -> None:
     rows = np.arange(0, 70_000, 20)
     path = store / "digits.npz"
-    Dataset("digits", mnist.images[rows], mnist.labels[rows], mnist.is_train[rows]).official_arrays()
     np.savez(path, **Dataset("d", mnist.images[rows], mnist.labels[rows], mnist.is_train[rows]).official_arrays())
     original = train("--set", "model.name=cnn", "--set", f"data.dataset={path}", "--set", "model.params.epochs=2",
                      "--set", "model.params.channels=[8,16]", "--set", "model.params.threads=2")  # fmt: skip

@@ -25,7 +25,12 @@ TINY = {"channels": [8, 16], "hidden": 32, "epochs": 2, "batch_size": 64, "lr": 
 @pytest.fixture(scope="module")
 def small(mnist: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     rows = np.random.default_rng(1).permutation(mnist.n_samples)[:3000]
-    return mnist.features(rows[:2400]), mnist.labels[rows[:2400]], mnist.features(rows[2400:]), mnist.labels[rows[2400:]]
+    return (
+        mnist.features(rows[:2400]),
+        mnist.labels[rows[:2400]],
+        mnist.features(rows[2400:]),
+        mnist.labels[rows[2400:]],
+    )
 
 
 def test_cnn_trains_and_improves(small: tuple[np.ndarray, ...]) -> None:
