@@ -202,7 +202,7 @@ def test_model_artifact_is_compact(seed_run: tuple[Path, dict[str, Any]], monkey
 
 def test_same_config_twice_gives_identical_metrics_and_predictions(store: Path) -> None:
     a = train_json(*SMALL)
-    b = train_json(*SMALL)
+    b = train_json(*SMALL, "--force")  # a clean tree would otherwise hit the run cache
     assert a["run_id"] != b["run_id"]
     timing = {k for k in a["metrics"] if k.startswith("time_") or k == "peak_rss_mb"}
     assert {k: v for k, v in a["metrics"].items() if k not in timing} == \
