@@ -132,12 +132,12 @@ def _root(
 ) -> None:
     from rich.logging import RichHandler
 
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=_err(), show_path=False, show_time=False)],
-        force=True,
-    )
+    level = logging.INFO if verbose else logging.WARNING
+    handler = RichHandler(console=_err(), show_path=False, show_time=False)
+    # On the handler too: a run raises the mnistops logger to INFO for its log file, and
+    # those records must not reach the terminal unless asked for.
+    handler.setLevel(level)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
