@@ -74,8 +74,13 @@ def test_cached_load_makes_no_network_or_pip_call(monkeypatch: pytest.MonkeyPatc
     assert ds.n_samples == 70_000
 
 
+README_FINGERPRINT = "6197f8243ba91608533360a60d53dbba53ab46f65618e2888573ce96f5386618"
+
+
 def test_loaded_arrays_are_original_mnist_byte_for_byte(mnist: Dataset) -> None:
-    assert mnist.fingerprint == sources.MNIST_FINGERPRINT
+    assert mnist.fingerprint == sources.MNIST_FINGERPRINT == README_FINGERPRINT
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert README_FINGERPRINT in readme
     arrays = mnist.official_arrays()
     assert arrays["y_train"][:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
     assert arrays["y_test"][:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
