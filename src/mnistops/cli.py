@@ -20,11 +20,6 @@ import typer
 
 from mnistops.errors import GateError, MnistopsError
 
-
-class MnistopsGateUsage(GateError):
-    """``promote`` was called with neither a run id nor ``--latest``."""
-
-
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -358,7 +353,7 @@ def promote_cmd(
     check_store(uri)
     if run_id is None:
         if not latest:
-            raise MnistopsGateUsage("give a RUN_ID or --latest")
+            raise GateError("promote needs a RUN_ID or --latest: see `mnistops runs list`")
         run_id = latest_run(uri, cfg.tracking.experiment)
     decision = promote(uri, run_id, cfg.gate, cfg.tracking.registered_model, dry_run=dry_run)
     if as_json:

@@ -265,3 +265,9 @@ def test_workflow_runs_only_commands_the_cli_has() -> None:
     cached = [s for j in workflow["jobs"].values() for s in j["steps"] if "actions/cache" in str(s.get("uses", ""))]
     assert any(".cache/mnistops" in s["with"]["path"] for s in cached)
     assert any(s.get("with", {}).get("cache") == "pip" for j in workflow["jobs"].values() for s in j["steps"])
+
+
+def test_promote_without_a_candidate_is_one_line(store: Path) -> None:
+    assert "promote needs a RUN_ID or --latest" in one_line_error(run_cli("promote"))
+    assert "experiment 'mnistops' has no runs" in one_line_error(run_cli("promote", "--latest"))
+    assert "no run 'abc'" in one_line_error(run_cli("reproduce", "abc"))
