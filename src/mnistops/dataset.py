@@ -112,6 +112,8 @@ def to_features(images: np.ndarray) -> np.ndarray:
 
     Float input of shape ``(m, 784)`` or ``(m, 28, 28)`` is taken as already scaled and only
     reshaped and cast, so both forms of the same batch give the same features.
+    :func:`mnistops.pyfunc_model.to_features` is its twin inside the logged model, which must
+    not import mnistops; ``tests/model`` checks that both give the same answers.
     """
     arr = np.asarray(images)
     flat = arr.reshape(arr.shape[0], -1)
