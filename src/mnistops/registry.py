@@ -99,8 +99,8 @@ class Decision:
         return d
 
 
-def _score(model_uri: str, cfg: Config) -> dict[str, float]:
-    """Score a registered model on the held-out split its config defines."""
+def _score(model_uris: dict[str, str], cfg: Config) -> dict[str, dict[str, float]]:
+    """Score registered models (role -> URI) on the one held-out split ``cfg`` defines."""
     import mlflow.pyfunc
 
     from mnistops import sources
@@ -109,9 +109,12 @@ def _score(model_uri: str, cfg: Config) -> dict[str, float]:
 
     ds = sources.load(cfg.data.dataset, source=cfg.data.source)
     split = make_split(ds, cfg.split.strategy, cfg.split.test_size, cfg.seed)
-    frame = mlflow.pyfunc.load_model(model_uri).predict(ds.features(split.test))
-    proba = frame[[f"prob_{i}" for i in range(10)]].to_numpy()
-    return evaluate(ds.labels[split.test], proba, ds.class_names).metrics
+    x, y = ds.features(split.test), ds.labels[split.test]
+    scores = {}
+    for role, uri in model_uris.items():
+        frame = mlflow.pyfunc.load_model(uri).predict(x)
+        scores[role] = evaluate(y, frame[[f"prob_{i}" for i in range(10)]].to_numpy(), ds.class_names).metrics
+    return scores
 
 
 def run_config(uri: str, run_id: str) -> Config:
@@ -169,9 +172,10 @@ def promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool = 
                 _record(client, name, candidate.version, decision)
                 return decision
     cfg = run_config(uri, run_id)
-    scores = {"candidate": _score(f"models:/{name}/{candidate.version}", cfg)}
+    uris = {"candidate": f"models:/{name}/{candidate.version}"}
     if champion is not None:
-        scores["champion"] = _score(f"models:/{name}/{champion.version}", cfg)
+        uris["champion"] = f"models:/{name}/{champion.version}"
+    scores = _score(uris, cfg)
     decision.scores = scores
     cand = scores["candidate"]
     champ = scores.get("champion")
