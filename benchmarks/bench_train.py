@@ -8,6 +8,13 @@ side, and the ratios the targets are stated in.
 The mnistops store is a fresh SQLite file whose tables are created before timing (a one-off
 cost of any SQL store; the notebook's file store has none). The data cache is filled first.
 
+A third process, ``floor_pipeline.py``, does only what any MLflow-tracked scikit-learn forest
+on this split must do before it fits: import MLflow and scikit-learn, open the SQLite store and
+record a run, build the float32 training matrix. Its wall time and peak RSS are the floor
+under both sides, and the JSON line also gives each side's overhead and peak above that floor.
+The issue's RSS target (0.4x the notebook's) lies below the floor itself, which is why the
+"above the floor" ratios are reported and checked too.
+
 Usage: python benchmarks/bench_train.py [--repeat N]
 """
 
@@ -24,7 +31,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _measure import measure
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = {"overhead_ratio": 0.35, "wall_ratio": 0.85, "rss_ratio": 0.4, "artifact_ratio": 0.2}
+TARGETS = {
+    "overhead_ratio": 0.35,
+    "wall_ratio": 0.85,
+    "rss_ratio": 0.4,
+    "artifact_ratio": 0.2,
+    "overhead_above_floor_ratio": 0.35,
+    "rss_above_floor_ratio": 0.4,
+}
 
 
 def _dir_bytes(path: Path) -> int:
@@ -40,11 +54,18 @@ def run_once(workdir: Path) -> dict[str, object]:
     assert nb["returncode"] == 0, nb["stderr_tail"]
     nb_json = json.loads(str(nb["stdout"]).strip().splitlines()[-1])
 
+    import mlflow
+
+    floor_dir = workdir / "floor"
+    floor_dir.mkdir()
+    floor_uri = f"sqlite:///{floor_dir / 'mlflow.db'}"
+    mlflow.MlflowClient(floor_uri).search_experiments()  # create the tables before timing
+    floor = measure([sys.executable, str(ROOT / "benchmarks" / "floor_pipeline.py"), floor_uri], floor_dir, env)
+    assert floor["returncode"] == 0, floor["stderr_tail"]
+
     ours_dir = workdir / "mnistops"
     ours_dir.mkdir()
     uri = f"sqlite:///{ours_dir / 'mlflow.db'}"
-    import mlflow
-
     mlflow.MlflowClient(uri).search_experiments()  # create the tables before timing
     ours = measure([sys.executable, "-m", "mnistops", "train", "--config", str(ROOT / "configs" / "seed.yaml"),
                     "--json"], ours_dir, {**env, "MLFLOW_TRACKING_URI": uri})  # fmt: skip
@@ -57,6 +78,7 @@ def run_once(workdir: Path) -> dict[str, object]:
     nb_wall, our_wall = float(nb["wall_s"]), float(ours["wall_s"])
     nb_fit, our_fit = float(nb_json["fit_s"]), float(ours_json["metrics"]["time_fit_s"])
     return {
+        "floor": {"wall_s": float(floor["wall_s"]), "peak_rss_mb": floor["peak_rss_mb"]},
         "notebook": {"wall_s": nb_wall, "fit_s": round(nb_fit, 3), "overhead_s": round(nb_wall - nb_fit, 3),
                      "peak_rss_mb": nb["peak_rss_mb"], "model_bytes": nb_json["model_bytes"],
                      "accuracy": round(nb_json["accuracy"], 5), "f1_macro": round(nb_json["f1_macro"], 5)},
@@ -80,13 +102,21 @@ def main() -> None:
             runs.append(run_once(Path(tmp)))
     runs.sort(key=lambda r: r["mnistops"]["wall_s"] / r["notebook"]["wall_s"])  # type: ignore[index]
     r = runs[len(runs) // 2]
-    nb, ours = r["notebook"], r["mnistops"]
+    nb, ours, floor = r["notebook"], r["mnistops"], r["floor"]
     ratios = {
         "overhead_ratio": round(ours["overhead_s"] / nb["overhead_s"], 3),
         "wall_ratio": round(ours["wall_s"] / nb["wall_s"], 3),
         "rss_ratio": round(ours["peak_rss_mb"] / nb["peak_rss_mb"], 3),
         "artifact_ratio": round(ours["model_bytes"] / nb["model_bytes"], 3),
         "accuracy_delta": round(abs(ours["accuracy"] - nb["accuracy"]), 5),
+        "overhead_above_floor_ratio": round(
+            (ours["overhead_s"] - floor["wall_s"]) / (nb["overhead_s"] - floor["wall_s"]), 3
+        ),
+        "rss_above_floor_ratio": round(
+            (ours["peak_rss_mb"] - floor["peak_rss_mb"]) / (nb["peak_rss_mb"] - floor["peak_rss_mb"]), 3
+        ),
+        "floor_overhead_ratio": round(floor["wall_s"] / nb["overhead_s"], 3),
+        "floor_rss_ratio": round(floor["peak_rss_mb"] / nb["peak_rss_mb"], 3),
     }
     met = {k: ratios[k] <= v for k, v in TARGETS.items()}
     met["accuracy_within_0.001"] = ratios["accuracy_delta"] <= 0.001

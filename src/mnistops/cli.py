@@ -472,6 +472,9 @@ def runs_compare(
 
 def main() -> None:
     """Console-script entry point: run the app, turning our errors into one line + exit code."""
+    from mnistops import gc_phases
+
+    gc_phases.pause()
     try:
         app()
     except MnistopsError as exc:
@@ -489,6 +492,8 @@ def main() -> None:
             _err().print("[bold red]terminated[/]")
             sys.exit(143)
         raise
+    finally:
+        gc_phases.freeze_for_exit()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -45,6 +45,7 @@ class TorchCNN:
     """A small CNN behind the :class:`mnistops.models.Model` interface."""
 
     kind = "torch"
+    held_out_proba: np.ndarray | None = None  # never set: see fit
     name = "cnn"
 
     def __init__(self, params: dict[str, Any], preprocess: str = "none", seed: int = 42) -> None:
@@ -62,9 +63,18 @@ class TorchCNN:
         torch.use_deterministic_algorithms(True)
 
     def fit(
-        self, x: np.ndarray, y: np.ndarray, progress: Reporter | None = None, on_epoch: EpochCallback | None = None
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        progress: Reporter | None = None,
+        on_epoch: EpochCallback | None = None,
+        held_out: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
-        """Train on ``float32 (n, 784)`` / ``uint8 (n,)``; keep the best validation epoch."""
+        """Train on ``float32 (n, 784)`` / ``uint8 (n,)``; keep the best validation epoch.
+
+        ``held_out`` is not used: early stopping watches a slice of the training rows, and
+        the held-out rows are scored once, after training, by the pipeline.
+        """
         self._setup()
         progress = progress or NullReporter()
         p = self.params

@@ -7,14 +7,19 @@ loads with nothing but stock MLflow. The seed from the config is passed as ``ran
 
 Forests are fitted in batches of trees (``warm_start``), which draws the same per-tree seeds
 as a single ``fit`` and so builds the same forest, while giving progress and a point between
-batches where Ctrl-C or SIGTERM is handled.
+batches where Ctrl-C or SIGTERM is handled. Each finished batch is packed (joblib, zlib) on a
+second thread while the next one grows, and its trees are let go: a forest is held at about
+a sixth of its size, and the packed batches are the saved model's files as they are.
 """
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -27,6 +32,7 @@ from mnistops.progress import NullReporter, Reporter
 log = logging.getLogger(__name__)
 
 MODEL_FORMAT = "mnistops-model/1"
+FORESTS = ("random_forest", "extra_trees")
 
 
 class _Params(BaseModel):
@@ -107,11 +113,23 @@ class Model(Protocol):
 
     name: str
     kind: str
+    held_out_proba: np.ndarray | None
 
     def fit(
-        self, x: np.ndarray, y: np.ndarray, progress: Reporter | None = None, on_epoch: EpochCallback | None = None
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        progress: Reporter | None = None,
+        on_epoch: EpochCallback | None = None,
+        held_out: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
-        """Fit on features ``float32 (n, 784)`` and labels ``uint8 (n,)``."""
+        """Fit on features ``float32 (n, 784)`` and labels ``uint8 (n,)``.
+
+        ``held_out`` (features, labels) are rows the model never learns from. A model that
+        can score them as it grows (a forest, batch by batch) reports their accuracy through
+        ``on_epoch`` and leaves their final probabilities in ``held_out_proba``, exactly what
+        :meth:`predict_proba` would give; others leave ``held_out_proba`` None.
+        """
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities ``float (n, 10)`` for features ``float32 (n, 784)``."""
@@ -133,32 +151,53 @@ class SklearnModel:
         self.seed = seed
         self.scaler: Any = None
         self.estimator: Any = _make_estimator(name, params, seed)
+        self.packed_trees: list[bytes] = []  # a forest's trees, a joblib file's bytes per batch
+        self.held_out_proba: np.ndarray | None = None
 
     def fit(
-        self, x: np.ndarray, y: np.ndarray, progress: Reporter | None = None, on_epoch: EpochCallback | None = None
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        progress: Reporter | None = None,
+        on_epoch: EpochCallback | None = None,
+        held_out: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         """Fit; forests grow in batches of trees so progress shows and signals are handled."""
         progress = progress or NullReporter()
+        self.held_out_proba = None
         if self.preprocess == "standard":
             from sklearn.preprocessing import StandardScaler
 
             self.scaler = StandardScaler(with_mean=False)
             x = self.scaler.fit_transform(x)
-        if self.name in ("random_forest", "extra_trees"):
+        if self.name in FORESTS:
             total = int(self.params["n_estimators"])
             step = max(1, -(-total // 10))
             task = progress.task(f"fit {self.name}", total=total)
             self.estimator.set_params(warm_start=True)
+            scorer = _HeldOutScorer(held_out, self.scaler)
             done = 0
-            while done < total:
-                n = min(done + step, total)
-                self.estimator.set_params(n_estimators=n)
-                self.estimator.fit(x, y)
-                task.update(n - done)
-                done = n
+            with ThreadPoolExecutor(1, thread_name_prefix="mnistops-pack") as packer:
+                packed: list[Future[tuple[bytes, dict[str, float]]]] = []
+                reported = 0
+                while done < total:
+                    n = min(done + step, total)
+                    self.estimator.set_params(n_estimators=n)
+                    self.estimator.fit(x, y)
+                    grown = self.estimator.estimators_[done:n]
+                    # A warm start only counts the trees it already has: placeholders will do.
+                    self.estimator.estimators_[done:n] = [None] * (n - done)
+                    scorer.classes = self.estimator.classes_
+                    # One thread, so batches are scored (and their votes added) in tree order.
+                    packed.append(packer.submit(_score_and_pack, grown, scorer))
+                    del grown
+                    task.update(n - done)
+                    done = n
+                    reported = _report(packed, reported, on_epoch, wait=False)
+                _report(packed, reported, on_epoch, wait=True)
+                self.packed_trees = [f.result()[0] for f in packed]
             task.close()
-            # Predict on one thread: with several, trees add their votes in whatever order the
-            # threads finish, and the float sums differ in the last bit from run to run.
+            self.held_out_proba = scorer.proba()
             self.estimator.set_params(warm_start=False, n_jobs=1)
         else:
             task = progress.task(f"fit {self.name}", total=1)
@@ -167,8 +206,53 @@ class SklearnModel:
             task.close()
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities ``float64 (n, 10)``."""
-        return self.pipeline().predict_proba(x)
+        """Class probabilities ``float64 (n, 10)``.
+
+        A forest's rows are split over the cores, each block on one thread: a tree predicts a
+        row the same way whatever block it is in, so the result is bit-identical to one call
+        (the forest's own ``n_jobs`` would split the trees instead, and add their votes in a
+        racy order).
+        """
+        import os
+
+        if self.name not in FORESTS:  # threaded already (HistGradientBoosting) or one BLAS call
+            return np.asarray(self.pipeline().predict_proba(x))
+        n_blocks = max(1, min(os.cpu_count() or 1, len(x) // 2048))
+        bounds = np.linspace(0, len(x), n_blocks + 1).astype(int)
+        blocks = [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+        with ThreadPoolExecutor(n_blocks, thread_name_prefix="mnistops-predict") as pool:
+            if not self.packed_trees:
+                est = self.pipeline()
+                return np.concatenate(list(pool.map(lambda rows: est.predict_proba(x[rows]), blocks)))
+            # A packed forest: what RandomForestClassifier.predict_proba does with n_jobs=1 (each
+            # tree's probabilities added in tree order, then divided by the count), with one
+            # batch of trees unpacked at a time.
+            from sklearn.utils.validation import check_array
+
+            features = check_array(x, dtype=np.float32)
+            if features.shape[1] != self.estimator.n_features_in_:
+                raise ValueError(f"expected {self.estimator.n_features_in_} features, got {features.shape[1]}")
+            if self.scaler is not None:
+                features = np.ascontiguousarray(self.scaler.transform(features), dtype=np.float32)
+            out = np.zeros((len(features), len(self.estimator.classes_)), dtype=np.float64)
+
+            def add(trees: list[Any], rows: slice) -> None:
+                block, acc = features[rows], out[rows]
+                for tree in trees:
+                    acc += tree.predict_proba(block, check_input=False)
+
+            n_trees = 0
+            with ThreadPoolExecutor(1, thread_name_prefix="mnistops-unpack") as unpacker:
+                upcoming = unpacker.submit(_unpack, self.packed_trees[0])
+                for i in range(len(self.packed_trees)):
+                    trees = upcoming.result()
+                    if i + 1 < len(self.packed_trees):  # unpack the next batch while this one predicts
+                        upcoming = unpacker.submit(_unpack, self.packed_trees[i + 1])
+                    n_trees += len(trees)
+                    list(pool.map(lambda rows, t=trees: add(t, rows), blocks))
+                    del trees
+        out /= n_trees
+        return out
 
     def pipeline(self) -> Any:
         """The fitted estimator, with its scaler in a ``Pipeline`` when there is one."""
@@ -179,14 +263,75 @@ class SklearnModel:
         return Pipeline([("scaler", self.scaler), ("clf", self.estimator)])
 
     def save(self, directory: Path) -> None:
-        """``model.joblib`` (zlib level 3: a fifth of the pickle's size) and ``meta.json``."""
+        """``model.joblib`` (zlib level 3: a fifth of the pickle's size), a packed forest's
+        ``trees-NNN.joblib`` and ``meta.json``."""
         import joblib
 
         directory.mkdir(parents=True, exist_ok=True)
         joblib.dump(self.pipeline(), directory / "model.joblib", compress=3)
-        (directory / "meta.json").write_text(
-            json.dumps({"format": MODEL_FORMAT, "kind": self.kind, "name": self.name, "file": "model.joblib"})
-        )
+        meta: dict[str, Any] = {"format": MODEL_FORMAT, "kind": self.kind, "name": self.name, "file": "model.joblib"}
+        if self.packed_trees:
+            # The forest in model.joblib has no trees; they are these files, in order.
+            meta["trees"] = [f"trees-{i:03d}.joblib" for i in range(len(self.packed_trees))]
+            for name, blob in zip(meta["trees"], self.packed_trees, strict=True):
+                (directory / name).write_bytes(blob)
+        (directory / "meta.json").write_text(json.dumps(meta))
+
+
+class _HeldOutScorer:
+    """Adds each tree's held-out probabilities in tree order, as the forest's predict would."""
+
+    def __init__(self, held_out: tuple[np.ndarray, np.ndarray] | None, scaler: Any) -> None:
+        self.x: np.ndarray | None = None
+        self.y = np.zeros(0)
+        self.classes = np.zeros(0)  # the forest's, set once it has been fitted
+        self.sum: np.ndarray | None = None
+        self.n_trees = 0
+        if held_out is not None:
+            x, self.y = held_out
+            self.x = np.ascontiguousarray(x if scaler is None else scaler.transform(x), dtype=np.float32)
+
+    def add(self, trees: list[Any]) -> dict[str, float]:
+        """Add a batch's votes; the held-out accuracy of the forest so far (empty without rows)."""
+        if self.x is None:
+            return {}
+        if self.sum is None:
+            self.sum = np.zeros((len(self.x), len(self.classes)), dtype=np.float64)
+        for tree in trees:
+            self.sum += tree.predict_proba(self.x, check_input=False)
+        self.n_trees += len(trees)
+        return {"held_out_accuracy": float((self.classes[self.sum.argmax(axis=1)] == self.y).mean())}
+
+    def proba(self) -> np.ndarray | None:
+        """The held-out probabilities of the whole forest (None without rows)."""
+        return None if self.sum is None else self.sum / self.n_trees
+
+
+def _score_and_pack(trees: list[Any], scorer: _HeldOutScorer) -> tuple[bytes, dict[str, float]]:
+    """Score a batch of fitted trees on the held-out rows, then pack it (joblib, zlib level 3)."""
+    import joblib
+
+    values = scorer.add(trees)
+    buf = io.BytesIO()
+    joblib.dump(trees, buf, compress=3)
+    return buf.getvalue(), {**values, "trees": float(scorer.n_trees)} if values else values
+
+
+def _report(packed: list[Future[tuple[bytes, dict[str, float]]]], reported: int,
+            on_epoch: EpochCallback | None, wait: bool) -> int:  # fmt: skip
+    """Pass finished batches' held-out scores to ``on_epoch``, in order; return how many are."""
+    while reported < len(packed) and (wait or packed[reported].done()):
+        values = packed[reported].result()[1]
+        if on_epoch is not None and values:
+            on_epoch(int(values["trees"]), {"held_out_accuracy": values["held_out_accuracy"]})
+        reported += 1
+    return reported
+
+
+def _unpack(blob: bytes) -> list[Any]:
+    import joblib
+
+    return list(joblib.load(io.BytesIO(blob)))
 
 
 def _make_estimator(name: str, params: dict[str, Any], seed: int) -> Any:

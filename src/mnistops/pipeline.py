@@ -2,10 +2,15 @@
 
 load → validate → split → (run starts) → fit → evaluate → log model → metrics and artifacts.
 
-The tracking store is checked before anything else, so an unreachable store costs nothing
-and leaves nothing behind. The data is loaded and validated before the run starts (a bad
-dataset creates no run); from the moment the run starts, :func:`mnistops.tracking.tracked_run`
-guarantees it ends FINISHED, FAILED or KILLED, with what was logged before kept.
+The tracking store is checked before any download, so an unreachable store costs little and
+leaves nothing behind (data already on disk is read meanwhile, on a second thread). The data
+is loaded and validated before the run starts (a bad dataset creates no run); from the moment
+the run starts, :func:`mnistops.tracking.tracked_run` guarantees it ends FINISHED, FAILED or
+KILLED, with what was logged before kept.
+
+Only the held-out rows are kept once the training features are made. A forest scores them as
+it grows (its accuracy after each batch of trees is a step metric) and packs each batch as
+soon as it is scored, so evaluation has its probabilities at hand when the fit ends.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,9 +30,9 @@ from typing import Any
 import numpy as np
 
 import mnistops
-from mnistops import provenance, tracking
+from mnistops import gc_phases, provenance, tracking
 from mnistops.config import Config, dump_yaml
-from mnistops.dataset import Dataset
+from mnistops.dataset import Dataset, to_features
 from mnistops.progress import NullReporter, Reporter
 
 log = logging.getLogger(__name__)
@@ -166,21 +171,36 @@ def train(
     """
     from mnistops import sources
     from mnistops.models import build_model
-    from mnistops.split import make_split
+    from mnistops.split import Split, make_split
     from mnistops.validate import validate
 
     progress = progress or NullReporter()
     timer = _Timer()
     uri = tracking.resolve_uri(cfg.tracking.uri)
-    tracking.check_store(uri)
-    model = build_model(cfg.model.name, cfg.model.params, cfg.model.preprocess, cfg.seed)
 
-    with timer.stage("load"):
-        ds = sources.load(cfg.data.dataset, source=cfg.data.source, progress=progress)
-    with timer.stage("validate"):
-        report = validate(ds)
-    with timer.stage("split"):
-        split = make_split(ds, cfg.split.strategy, cfg.split.test_size, cfg.seed)
+    def prepare_data() -> tuple[Dataset, dict[str, Any], Split, np.ndarray]:
+        with timer.stage("load"):
+            ds = sources.load(cfg.data.dataset, source=cfg.data.source, progress=progress)
+        with timer.stage("validate"):
+            report = validate(ds)
+        with timer.stage("split"):
+            split = make_split(ds, cfg.split.strategy, cfg.split.test_size, cfg.seed)
+        return ds, report, split, ds.features(split.train)
+
+    if sources.is_local(cfg.data.dataset):
+        # Reading, hashing and converting the data (numpy and hashlib, mostly outside the GIL)
+        # overlaps importing MLflow and scikit-learn (Python, under the GIL): on two cores that
+        # hides the data stages. A download is not started before the store has answered.
+        with ThreadPoolExecutor(1, thread_name_prefix="mnistops-data") as pool:
+            prepared = pool.submit(prepare_data)
+            tracking.check_store(uri)
+            model = build_model(cfg.model.name, cfg.model.params, cfg.model.preprocess, cfg.seed)
+            ds, report, split, x_train = prepared.result()
+            del prepared  # it holds x_train, which is dropped after the fit
+    else:
+        tracking.check_store(uri)
+        model = build_model(cfg.model.name, cfg.model.params, cfg.model.preprocess, cfg.seed)
+        ds, report, split, x_train = prepare_data()
 
     dists = provenance.installed()
     env = provenance.environment(dists)
@@ -201,23 +221,27 @@ def train(
         run_id = run.info.run_id
         log.info("run %s: %s on %s (%s)", run_id, cfg.model.name, ds.name, ds.fingerprint[:12])
         _log_inputs(cfg, ds, split, report, env, code, provenance.environment_lock(dists))
-        x_train = ds.features(split.train)
         y_train = ds.labels[split.train]
+        held_out = _HeldOut(split.test, ds.images[split.test], ds.labels[split.test], ds.class_names)
+        fingerprint = ds.fingerprint
+        del ds  # from here on only the held-out rows are needed: let the full images go
+        gc_phases.resume()  # start-up is over (see gc_phases)
 
+        x_test = to_features(held_out.images)
         with timer.stage("fit"):
-            model.fit(x_train, y_train, progress, on_epoch=_log_epoch)
-        del x_train  # the test features are made next; keep the peak down
+            model.fit(x_train, y_train, progress, on_epoch=_log_epoch, held_out=(x_test, held_out.labels))
+        del x_train
 
-        with tempfile.TemporaryDirectory(prefix="mnistops-model-") as tmp, ThreadPoolExecutor(1) as pool:
-            # Serialising the model (mostly zlib, which releases the GIL) overlaps evaluation.
-            saved = pool.submit(model.save, Path(tmp) / "model")
-            with timer.stage("evaluate"):
-                result = _evaluate_and_plot(model, ds, split.test)
-            with timer.stage("log_model"):
-                saved.result()
-                info = tracking.log_model(
-                    Path(tmp) / "model", ds.features(split.test[:5]), pip_requirements(model.kind, dists)
-                )
+        with timer.stage("evaluate"), ThreadPoolExecutor(1, thread_name_prefix="mnistops-warm") as pool:
+            # Imports for plotting and model logging (Python, under the GIL) overlap prediction
+            # where there is one left to do (compiled code, outside the GIL).
+            warm = pool.submit(_prepare_outputs)
+            result = _evaluate_and_plot(model, held_out, x_test, warm)
+        with timer.stage("log_model"), tempfile.TemporaryDirectory(prefix="mnistops-model-") as tmp:
+            model.save(Path(tmp) / "model")
+            info = tracking.log_model(
+                Path(tmp) / "model", to_features(held_out.images[:5]), pip_requirements(model.kind, dists)
+            )
         durations = {**timer.durations, "time_total_s": timer.total()}
         metrics = {**result.metrics, **durations, "peak_rss_mb": round(peak_rss_mb(), 1)}
         _log_metrics(metrics)
@@ -235,7 +259,7 @@ def train(
         experiment=cfg.tracking.experiment,
         model_uri=info.model_uri,
         metrics=metrics,
-        data_fingerprint=ds.fingerprint,
+        data_fingerprint=fingerprint,
         split_fingerprint=split.fingerprint,
         config_hash=cfg.hash(),
         durations=durations,
@@ -308,24 +332,41 @@ class _Scored:
     tmp: tempfile.TemporaryDirectory[str]
 
 
-def _evaluate_and_plot(model: Any, ds: Dataset, test_rows: np.ndarray) -> _Scored:
-    from mnistops import plots
+@dataclass
+class _HeldOut:
+    """The test rows of the split: all that evaluation needs of the dataset."""
+
+    rows: np.ndarray
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+
+
+def _prepare_outputs() -> None:
+    import mnistops.plots  # noqa: F401  (matplotlib)
+
+    tracking.prepare_model_logging()
+
+
+def _evaluate_and_plot(model: Any, held_out: _HeldOut, x_test: np.ndarray, warm: Future[None]) -> _Scored:
     from mnistops.evaluate import confident_mistakes, evaluate
 
-    y_test = ds.labels[test_rows]
-    proba = model.predict_proba(ds.features(test_rows))
-    ev = evaluate(y_test, proba, ds.class_names)
+    y_test, names = held_out.labels, held_out.class_names
+    # A forest scored the held-out rows while it grew (the same numbers predict_proba gives).
+    proba = model.held_out_proba if model.held_out_proba is not None else model.predict_proba(x_test)
+    ev = evaluate(y_test, proba, names)
+    warm.result()
+    from mnistops import plots
+
     tmp = tempfile.TemporaryDirectory(prefix="mnistops-plots-")
     out = Path(tmp.name)
     figures = {
-        "plots/confusion_matrix.png": plots.confusion_matrix_png(ev.confusion, ds.class_names,
-                                                                 out / "confusion_matrix.png"),
+        "plots/confusion_matrix.png": plots.confusion_matrix_png(ev.confusion, names, out / "confusion_matrix.png"),
         "plots/confident_mistakes.png": plots.mistakes_png(
-            ds.images[test_rows], y_test, proba, confident_mistakes(y_test, proba), ds.class_names,
-            out / "confident_mistakes.png",
+            held_out.images, y_test, proba, confident_mistakes(y_test, proba), names, out / "confident_mistakes.png"
         ),
-    }  # fmt: skip
-    return _Scored(ev.metrics, ev, test_rows, figures, tmp)
+    }
+    return _Scored(ev.metrics, ev, held_out.rows, figures, tmp)
 
 
 def _log_metrics(metrics: dict[str, float]) -> None:

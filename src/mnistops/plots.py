@@ -38,7 +38,9 @@ def confusion_matrix_png(confusion: list[list[int]], class_names: tuple[str, ...
                     color="white" if cm[i, j] > threshold else "black")  # fmt: skip
     fig.colorbar(im, ax=ax)
     ax.set_title(f"confusion matrix (accuracy {np.trace(cm) / max(cm.sum(), 1):.4f})")
-    fig.tight_layout()
+    # Fixed margins that fit ten class names (Fashion-MNIST's longest too): tight_layout
+    # would draw the figure once more to measure them, doubling the time this plot takes.
+    fig.subplots_adjust(left=0.16, right=0.98, bottom=0.16, top=0.94)
     fig.savefig(path)
     return path
 

@@ -74,6 +74,11 @@ class MnistClassifier(PythonModel):
             import joblib
 
             self.model = joblib.load(path)
+            if self.meta.get("trees"):  # a forest saved as batches of trees, in order
+                forest = self.model.steps[-1][1] if hasattr(self.model, "steps") else self.model
+                forest.estimators_ = [
+                    tree for name in self.meta["trees"] for tree in joblib.load(os.path.join(directory, name))
+                ]
         elif self.meta["kind"] == "torch":
             import torch
 

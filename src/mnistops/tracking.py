@@ -154,6 +154,19 @@ def model_signature() -> Any:
     return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 784))]), outputs=Schema(outputs))
 
 
+def prepare_model_logging() -> None:
+    """Do ahead what :func:`log_model` spends most of its time on, e.g. on a thread while the
+    model predicts: import ``mlflow.pyfunc`` and let MLflow map modules to packages (a scan
+    of every installed distribution, which it does once per process to check requirements)."""
+    import mlflow.pyfunc  # noqa: F401
+
+    try:
+        from mlflow.utils.requirements_utils import _init_packages_to_modules_map
+    except ImportError:  # a private helper: if MLflow moves it, log_model just does the scan later
+        return
+    _init_packages_to_modules_map()
+
+
 def log_model(model_dir: Path, input_example: Any, pip_requirements: list[str]) -> Any:
     """Log a saved mnistops model (``model_dir``) as an MLflow pyfunc model named ``model``.
 

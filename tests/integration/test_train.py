@@ -35,8 +35,10 @@ def walk(path=None):
 inputs = [{{"name": d.dataset.name, "digest": d.dataset.digest, "source": d.dataset.source,
             "tags": {{t.key: t.value for t in d.tags}}}} for d in run.inputs.dataset_inputs]
 models = [o.model_id for o in (run.outputs.model_outputs if run.outputs else [])]
+curve = [(m.step, m.value) for m in c.get_metric_history(run.info.run_id, "held_out_accuracy")]
 print(json.dumps({{"status": run.info.status, "params": run.data.params, "metrics": run.data.metrics,
-                  "tags": run.data.tags, "artifacts": walk(), "inputs": inputs, "models": models}}))
+                  "tags": run.data.tags, "artifacts": walk(), "inputs": inputs, "models": models,
+                  "curve": sorted(curve)}}))
 """
 
 
@@ -125,6 +127,9 @@ def test_run_reads_back_with_everything_recorded(seed_run: tuple[Path, dict[str,
         assert key in metrics, key
     assert metrics["accuracy"] == pytest.approx(result["metrics"]["accuracy"])
     assert 0 < metrics["time_fit_s"] < metrics["time_total_s"] and metrics["peak_rss_mb"] > 100
+    # The forest scored the held-out rows after each batch of 12 trees; the last point is the run's.
+    assert [step for step, _ in run["curve"]] == list(range(12, 121, 12))
+    assert run["curve"][-1][1] == pytest.approx(metrics["accuracy"], abs=1e-12)
     tags = run["tags"]
     assert tags["mnistops.data_fingerprint"] == sources.MNIST_FINGERPRINT
     assert tags["mnistops.split_fingerprint"] == result["split_fingerprint"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import pickle
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -49,6 +51,35 @@ def test_forest_grown_in_batches_equals_one_fit(small: tuple[np.ndarray, ...]) -
                                  .model_dump()).fit(x, y)  # fmt: skip
     ref.set_params(n_jobs=1)  # threaded voting sums in a racy order; compare the trees exactly
     np.testing.assert_array_equal(ours.predict_proba(xt), ref.predict_proba(xt))
+
+
+def test_forest_keeps_its_trees_packed_not_in_memory(small: tuple[np.ndarray, ...]) -> None:
+    import joblib
+
+    x, y, _, _ = small
+    model = build_model("random_forest", SMALL["random_forest"], seed=7)
+    model.fit(x, y)
+    assert model.estimator.estimators_ == [None] * 23  # no fitted tree is held
+    batches = [joblib.load(io.BytesIO(blob)) for blob in model.packed_trees]
+    assert [len(b) for b in batches] == [3] * 7 + [2]
+    assert all(type(t).__name__ == "DecisionTreeClassifier" for b in batches for t in b)
+    packed = sum(len(blob) for blob in model.packed_trees)
+    unpacked = sum(len(pickle.dumps(t)) for b in batches for t in b)
+    assert packed < unpacked / 3
+
+
+@pytest.mark.parametrize("preprocess", ["none", "standard"])
+def test_forest_scores_held_out_rows_as_it_grows(preprocess: str, small: tuple[np.ndarray, ...]) -> None:
+    x, y, xt, yt = small
+    model = build_model("random_forest", SMALL["random_forest"], preprocess, seed=5)
+    steps: list[tuple[int, dict[str, float]]] = []
+    model.fit(x, y, on_epoch=lambda step, values: steps.append((step, values)), held_out=(xt, yt))
+    assert model.held_out_proba is not None
+    np.testing.assert_array_equal(model.held_out_proba, model.predict_proba(xt))  # bit for bit
+    assert [s for s, _ in steps] == [3, 6, 9, 12, 15, 18, 21, 23]
+    final = (model.predict_proba(xt).argmax(1) == yt).mean()
+    assert steps[-1][1]["held_out_accuracy"] == pytest.approx(final)
+    assert steps[0][1]["held_out_accuracy"] < final  # 3 trees do worse than 23
 
 
 def test_same_seed_same_model_other_seed_other_model(small: tuple[np.ndarray, ...]) -> None:
