@@ -26,6 +26,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from mnistops.dataset import to_features
 from mnistops.errors import ConfigError, MissingExtraError
 from mnistops.progress import NullReporter, Reporter
 
@@ -125,10 +126,11 @@ class Model(Protocol):
     ) -> None:
         """Fit on features ``float32 (n, 784)`` and labels ``uint8 (n,)``.
 
-        ``held_out`` (features, labels) are rows the model never learns from. A model that
-        can score them as it grows (a forest, batch by batch) reports their accuracy through
-        ``on_epoch`` and leaves their final probabilities in ``held_out_proba``, exactly what
-        :meth:`predict_proba` would give; others leave ``held_out_proba`` None.
+        ``held_out`` (images or features, and labels) are rows the model never learns from.
+        A model that can score them as it grows (a forest, batch by batch) reports their
+        accuracy through ``on_epoch`` and leaves their final probabilities in
+        ``held_out_proba``, exactly what :meth:`predict_proba` gives on their features;
+        others leave ``held_out_proba`` None.
         """
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
@@ -279,26 +281,37 @@ class SklearnModel:
 
 
 class _HeldOutScorer:
-    """Adds each tree's held-out probabilities in tree order, as the forest's predict would."""
+    """Adds each tree's held-out probabilities in tree order, as the forest's predict would.
+
+    The rows are turned into features a block at a time, so the held-out feature matrix is
+    never whole in memory while the forest grows.
+    """
+
+    BLOCK = 2048
 
     def __init__(self, held_out: tuple[np.ndarray, np.ndarray] | None, scaler: Any) -> None:
-        self.x: np.ndarray | None = None
-        self.y = np.zeros(0)
+        self.rows: np.ndarray | None = None if held_out is None else held_out[0]
+        self.y: np.ndarray = np.zeros(0) if held_out is None else held_out[1]
+        self.scaler = scaler
         self.classes = np.zeros(0)  # the forest's, set once it has been fitted
         self.sum: np.ndarray | None = None
         self.n_trees = 0
-        if held_out is not None:
-            x, self.y = held_out
-            self.x = np.ascontiguousarray(x if scaler is None else scaler.transform(x), dtype=np.float32)
+
+    def _features(self, start: int) -> np.ndarray:
+        assert self.rows is not None
+        x = to_features(self.rows[start : start + self.BLOCK])
+        return np.ascontiguousarray(x if self.scaler is None else self.scaler.transform(x), dtype=np.float32)
 
     def add(self, trees: list[Any]) -> dict[str, float]:
         """Add a batch's votes; the held-out accuracy of the forest so far (empty without rows)."""
-        if self.x is None:
+        if self.rows is None:
             return {}
         if self.sum is None:
-            self.sum = np.zeros((len(self.x), len(self.classes)), dtype=np.float64)
-        for tree in trees:
-            self.sum += tree.predict_proba(self.x, check_input=False)
+            self.sum = np.zeros((len(self.rows), len(self.classes)), dtype=np.float64)
+        for start in range(0, len(self.rows), self.BLOCK):
+            x, acc = self._features(start), self.sum[start : start + self.BLOCK]
+            for tree in trees:
+                acc += tree.predict_proba(x, check_input=False)
         self.n_trees += len(trees)
         return {"held_out_accuracy": float((self.classes[self.sum.argmax(axis=1)] == self.y).mean())}
 

@@ -227,16 +227,15 @@ def train(
         del ds  # from here on only the held-out rows are needed: let the full images go
         gc_phases.resume()  # start-up is over (see gc_phases)
 
-        x_test = to_features(held_out.images)
         with timer.stage("fit"):
-            model.fit(x_train, y_train, progress, on_epoch=_log_epoch, held_out=(x_test, held_out.labels))
+            model.fit(x_train, y_train, progress, on_epoch=_log_epoch, held_out=(held_out.images, held_out.labels))
         del x_train
 
         with timer.stage("evaluate"), ThreadPoolExecutor(1, thread_name_prefix="mnistops-warm") as pool:
             # Imports for plotting and model logging (Python, under the GIL) overlap prediction
             # where there is one left to do (compiled code, outside the GIL).
             warm = pool.submit(_prepare_outputs)
-            result = _evaluate_and_plot(model, held_out, x_test, warm)
+            result = _evaluate_and_plot(model, held_out, warm)
         with timer.stage("log_model"), tempfile.TemporaryDirectory(prefix="mnistops-model-") as tmp:
             model.save(Path(tmp) / "model")
             info = tracking.log_model(
@@ -348,12 +347,14 @@ def _prepare_outputs() -> None:
     tracking.prepare_model_logging()
 
 
-def _evaluate_and_plot(model: Any, held_out: _HeldOut, x_test: np.ndarray, warm: Future[None]) -> _Scored:
+def _evaluate_and_plot(model: Any, held_out: _HeldOut, warm: Future[None]) -> _Scored:
     from mnistops.evaluate import confident_mistakes, evaluate
 
     y_test, names = held_out.labels, held_out.class_names
     # A forest scored the held-out rows while it grew (the same numbers predict_proba gives).
-    proba = model.held_out_proba if model.held_out_proba is not None else model.predict_proba(x_test)
+    proba = model.held_out_proba
+    if proba is None:
+        proba = model.predict_proba(to_features(held_out.images))
     ev = evaluate(y_test, proba, names)
     warm.result()
     from mnistops import plots

@@ -82,6 +82,15 @@ def test_forest_scores_held_out_rows_as_it_grows(preprocess: str, small: tuple[n
     assert steps[0][1]["held_out_accuracy"] < final  # 3 trees do worse than 23
 
 
+def test_held_out_images_score_like_their_features(small: tuple[np.ndarray, ...], mnist: Dataset) -> None:
+    x, y, _, _ = small
+    images, labels = mnist.images[-2500:], mnist.labels[-2500:]  # more rows than one block
+    model = build_model("extra_trees", SMALL["extra_trees"], "standard", seed=2)
+    model.fit(x, y, held_out=(images, labels))
+    assert model.held_out_proba is not None
+    np.testing.assert_array_equal(model.held_out_proba, model.predict_proba(to_features(images)))
+
+
 def test_same_seed_same_model_other_seed_other_model(small: tuple[np.ndarray, ...]) -> None:
     x, y, xt, _ = small
     probas = []
