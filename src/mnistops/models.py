@@ -15,7 +15,6 @@ a sixth of its size, and the packed batches are the saved model's files as they 
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import logging
 from collections.abc import Callable
@@ -177,7 +176,8 @@ class SklearnModel:
             step = max(1, -(-total // 10))
             task = progress.task(f"fit {self.name}", total=total)
             self.estimator.set_params(warm_start=True)
-            scorer = _HeldOutScorer(held_out, self.scaler)
+            votes = None if held_out is None else _Votes(held_out[0], self.scaler)
+            labels = np.zeros(0) if held_out is None else held_out[1]
             done = 0
             with ThreadPoolExecutor(1, thread_name_prefix="mnistops-pack") as packer:
                 packed: list[Future[tuple[bytes, dict[str, float]]]] = []
@@ -189,9 +189,8 @@ class SklearnModel:
                     grown = self.estimator.estimators_[done:n]
                     # A warm start only counts the trees it already has: placeholders will do.
                     self.estimator.estimators_[done:n] = [None] * (n - done)
-                    scorer.classes = self.estimator.classes_
                     # One thread, so batches are scored (and their votes added) in tree order.
-                    packed.append(packer.submit(_score_and_pack, grown, scorer))
+                    packed.append(packer.submit(_score_and_pack, grown, votes, labels, self.estimator.classes_))
                     del grown
                     task.update(n - done)
                     done = n
@@ -199,7 +198,7 @@ class SklearnModel:
                 _report(packed, reported, on_epoch, wait=True)
                 self.packed_trees = [f.result()[0] for f in packed]
             task.close()
-            self.held_out_proba = scorer.proba()
+            self.held_out_proba = None if votes is None else votes.proba()
             self.estimator.set_params(warm_start=False, n_jobs=1)
         else:
             task = progress.task(f"fit {self.name}", total=1)
@@ -210,51 +209,31 @@ class SklearnModel:
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities ``float64 (n, 10)``.
 
-        A forest's rows are split over the cores, each block on one thread: a tree predicts a
-        row the same way whatever block it is in, so the result is bit-identical to one call
-        (the forest's own ``n_jobs`` would split the trees instead, and add their votes in a
-        racy order).
+        A fitted forest is packed: its batches are unpacked one at a time (the next while the
+        current one predicts) and their votes added as :class:`_Votes` does, with the rows
+        split over the cores.
         """
         import os
 
-        if self.name not in FORESTS:  # threaded already (HistGradientBoosting) or one BLAS call
+        from sklearn.utils.validation import check_array
+
+        if not self.packed_trees:  # not a forest: threaded already (HistGradientBoosting) or one BLAS call
             return np.asarray(self.pipeline().predict_proba(x))
-        n_blocks = max(1, min(os.cpu_count() or 1, len(x) // 2048))
-        bounds = np.linspace(0, len(x), n_blocks + 1).astype(int)
-        blocks = [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
-        with ThreadPoolExecutor(n_blocks, thread_name_prefix="mnistops-predict") as pool:
-            if not self.packed_trees:
-                est = self.pipeline()
-                return np.concatenate(list(pool.map(lambda rows: est.predict_proba(x[rows]), blocks)))
-            # A packed forest: what RandomForestClassifier.predict_proba does with n_jobs=1 (each
-            # tree's probabilities added in tree order, then divided by the count), with one
-            # batch of trees unpacked at a time.
-            from sklearn.utils.validation import check_array
-
-            features = check_array(x, dtype=np.float32)
-            if features.shape[1] != self.estimator.n_features_in_:
-                raise ValueError(f"expected {self.estimator.n_features_in_} features, got {features.shape[1]}")
-            if self.scaler is not None:
-                features = np.ascontiguousarray(self.scaler.transform(features), dtype=np.float32)
-            out = np.zeros((len(features), len(self.estimator.classes_)), dtype=np.float64)
-
-            def add(trees: list[Any], rows: slice) -> None:
-                block, acc = features[rows], out[rows]
-                for tree in trees:
-                    acc += tree.predict_proba(block, check_input=False)
-
-            n_trees = 0
-            with ThreadPoolExecutor(1, thread_name_prefix="mnistops-unpack") as unpacker:
-                upcoming = unpacker.submit(_unpack, self.packed_trees[0])
-                for i in range(len(self.packed_trees)):
-                    trees = upcoming.result()
-                    if i + 1 < len(self.packed_trees):  # unpack the next batch while this one predicts
-                        upcoming = unpacker.submit(_unpack, self.packed_trees[i + 1])
-                    n_trees += len(trees)
-                    list(pool.map(lambda rows, t=trees: add(t, rows), blocks))
-                    del trees
-        out /= n_trees
-        return out
+        features = check_array(x, dtype=np.float32)
+        n_blocks = max(1, min(os.cpu_count() or 1, len(features) // _Votes.BLOCK))
+        with (
+            ThreadPoolExecutor(n_blocks, thread_name_prefix="mnistops-predict") as pool,
+            ThreadPoolExecutor(1, thread_name_prefix="mnistops-unpack") as unpacker,
+        ):
+            votes = _Votes(features, self.scaler, pool)
+            upcoming = unpacker.submit(_unpack, self.packed_trees[0])
+            for i in range(len(self.packed_trees)):
+                trees = upcoming.result()
+                if i + 1 < len(self.packed_trees):
+                    upcoming = unpacker.submit(_unpack, self.packed_trees[i + 1])
+                votes.add(trees)
+                del trees
+        return votes.proba()
 
     def pipeline(self) -> Any:
         """The fitted estimator, with its scaler in a ``Pipeline`` when there is one."""
@@ -280,54 +259,65 @@ class SklearnModel:
         (directory / "meta.json").write_text(json.dumps(meta))
 
 
-class _HeldOutScorer:
-    """Adds each tree's held-out probabilities in tree order, as the forest's predict would.
+class _Votes:
+    """The probabilities of a forest's trees for some rows, added in tree order.
 
-    The rows are turned into features a block at a time, so the held-out feature matrix is
-    never whole in memory while the forest grows.
+    This is what ``RandomForestClassifier.predict_proba`` does with ``n_jobs=1`` (each tree's
+    probabilities added, then divided by the count), so the result is bit-identical to it.
+    Rows are turned into features a block at a time (no whole feature matrix is made); with a
+    ``pool`` the blocks are added on its threads, which changes nothing in any row's sums.
     """
 
     BLOCK = 2048
 
-    def __init__(self, held_out: tuple[np.ndarray, np.ndarray] | None, scaler: Any) -> None:
-        self.rows: np.ndarray | None = None if held_out is None else held_out[0]
-        self.y: np.ndarray = np.zeros(0) if held_out is None else held_out[1]
+    def __init__(self, rows: np.ndarray, scaler: Any, pool: ThreadPoolExecutor | None = None) -> None:
+        self.rows = rows  # images or features (see dataset.to_features)
         self.scaler = scaler
-        self.classes = np.zeros(0)  # the forest's, set once it has been fitted
+        self.pool = pool
         self.sum: np.ndarray | None = None
         self.n_trees = 0
 
-    def _features(self, start: int) -> np.ndarray:
-        assert self.rows is not None
+    def _add_block(self, trees: list[Any], start: int) -> None:
+        assert self.sum is not None
         x = to_features(self.rows[start : start + self.BLOCK])
-        return np.ascontiguousarray(x if self.scaler is None else self.scaler.transform(x), dtype=np.float32)
+        x = np.ascontiguousarray(x if self.scaler is None else self.scaler.transform(x), dtype=np.float32)
+        acc = self.sum[start : start + self.BLOCK]
+        for tree in trees:
+            acc += tree.predict_proba(x, check_input=False)
 
-    def add(self, trees: list[Any]) -> dict[str, float]:
-        """Add a batch's votes; the held-out accuracy of the forest so far (empty without rows)."""
-        if self.rows is None:
-            return {}
+    def add(self, trees: list[Any]) -> None:
+        """Add a batch of fitted trees' votes."""
         if self.sum is None:
-            self.sum = np.zeros((len(self.rows), len(self.classes)), dtype=np.float64)
-        for start in range(0, len(self.rows), self.BLOCK):
-            x, acc = self._features(start), self.sum[start : start + self.BLOCK]
-            for tree in trees:
-                acc += tree.predict_proba(x, check_input=False)
+            self.sum = np.zeros((len(self.rows), int(trees[0].n_classes_)), dtype=np.float64)
+        starts = range(0, len(self.rows), self.BLOCK)
+        if self.pool is None:
+            for start in starts:
+                self._add_block(trees, start)
+        else:
+            list(self.pool.map(lambda start: self._add_block(trees, start), starts))
         self.n_trees += len(trees)
-        return {"held_out_accuracy": float((self.classes[self.sum.argmax(axis=1)] == self.y).mean())}
 
-    def proba(self) -> np.ndarray | None:
-        """The held-out probabilities of the whole forest (None without rows)."""
-        return None if self.sum is None else self.sum / self.n_trees
+    def proba(self) -> np.ndarray:
+        """The mean of the votes added so far."""
+        assert self.sum is not None
+        return self.sum / self.n_trees
 
 
-def _score_and_pack(trees: list[Any], scorer: _HeldOutScorer) -> tuple[bytes, dict[str, float]]:
-    """Score a batch of fitted trees on the held-out rows, then pack it (joblib, zlib level 3)."""
+def _score_and_pack(trees: list[Any], held_out: _Votes | None, labels: np.ndarray,
+                    classes: np.ndarray) -> tuple[bytes, dict[str, float]]:  # fmt: skip
+    """Add a batch of fitted trees' votes on the held-out rows (and report the accuracy of the
+    forest so far), then pack the batch: the bytes of a joblib file, zlib level 3."""
     import joblib
 
-    values = scorer.add(trees)
+    values: dict[str, float] = {}
+    if held_out is not None:
+        held_out.add(trees)
+        assert held_out.sum is not None
+        accuracy = float((classes[held_out.sum.argmax(axis=1)] == labels).mean())
+        values = {"trees": float(held_out.n_trees), "held_out_accuracy": accuracy}
     buf = io.BytesIO()
     joblib.dump(trees, buf, compress=3)
-    return buf.getvalue(), {**values, "trees": float(scorer.n_trees)} if values else values
+    return buf.getvalue(), values
 
 
 def _report(packed: list[Future[tuple[bytes, dict[str, float]]]], reported: int,
