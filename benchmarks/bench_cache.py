@@ -23,13 +23,13 @@ TARGET_CACHED_S = 5.0
 
 
 def main() -> None:
-    from mnistops import sources
+    from mnistops.data import sources
 
     sources.load("mnist")
     with tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp:
         work = Path(tmp)
-        src = work / "src"
-        shutil.copytree(ROOT / "src" / "mnistops", src / "mnistops", ignore=shutil.ignore_patterns("__pycache__"))
+        src = work / "lib"
+        shutil.copytree(ROOT / "lib" / "mnistops", src / "mnistops", ignore=shutil.ignore_patterns("__pycache__"))
         git = ["git", "-c", "user.name=b", "-c", "user.email=b@b"]
         subprocess.run([*git, "init", "-q"], cwd=src, check=True)
         (src / ".gitignore").write_text("__pycache__/\n")

@@ -27,7 +27,7 @@ FAST_TARGET, FULL_TARGET, FULL_WALL_S = 0.990, 0.994, 300.0
 def main(max_fast_epochs: int = 4) -> None:
     import mlflow
 
-    from mnistops import sources
+    from mnistops.data import sources
 
     sources.load("mnist")
     env = {"MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONWARNINGS": "ignore"}

@@ -29,8 +29,8 @@ TARGETS = {"time_ratio": 0.2, "rss_ratio": 0.3}
 OURS = """
 import time, json
 t0 = time.perf_counter()
-from mnistops import sources
-from mnistops.validate import validate
+from mnistops.data import sources
+from mnistops.data.validate import validate
 ds = sources.load("mnist", source="cache")
 report = validate(ds)
 print(json.dumps({"s": time.perf_counter() - t0, "fingerprint": ds.fingerprint, "n": report["n_samples"]}))
@@ -61,7 +61,7 @@ print(json.dumps({"s": time.perf_counter() - t0, "fingerprint": digest, "n": len
 def main(repeat: int = 5) -> None:
     import numpy as np
 
-    from mnistops import sources
+    from mnistops.data import sources
 
     ds = sources.load("mnist")  # make sure the cache is filled before timing
     results: dict[str, list[dict[str, float]]] = {"mnistops": [], "notebook": []}

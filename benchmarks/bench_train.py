@@ -93,7 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=1, help="pairs to run; the median pair is reported")
     args = parser.parse_args()
-    from mnistops import sources
+    from mnistops.data import sources
 
     sources.load("mnist")  # fill the cache (both sides read it)
     runs = []

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import sklearn.ensemble  # noqa: E402, F401
 from sklearn.model_selection import train_test_split  # noqa: E402
 
-from mnistops.cache import dataset_path  # noqa: E402
+from mnistops.data.cache import dataset_path  # noqa: E402
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 def load_data() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Stand-in for keras.datasets.mnist.load_data(): the same uint8 arrays, from the cache."""
-    from mnistops.cache import dataset_path
+    from mnistops.data.cache import dataset_path
 
     with np.load(dataset_path("mnist")) as z:
         images, labels, is_train = z["images"], z["labels"], z["is_train"]

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from mnistops import sources
-from mnistops.dataset import Dataset
+from mnistops.data import sources
+from mnistops.data.dataset import Dataset
 
 CLOSED_MIRROR = "http://127.0.0.1:9/"
 
@@ -144,11 +144,11 @@ def read_store(uri: str, script: str) -> object:
 def clean_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the mnistops source in a freshly committed (clean) git repository.
 
-    Runs started with ``PYTHONPATH`` set to its ``src`` import mnistops from there, so the
+    Runs started with ``PYTHONPATH`` set to its ``lib`` import mnistops from there, so the
     run cache sees a clean tree whatever state the developer's checkout is in.
     """
     root = tmp_path_factory.mktemp("clean-source")
-    shutil.copytree(Path(__file__).resolve().parent.parent / "src" / "mnistops", root / "src" / "mnistops",
+    shutil.copytree(Path(__file__).resolve().parent.parent / "lib" / "mnistops", root / "lib" / "mnistops",
                     ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
     (root / ".gitignore").write_text("__pycache__/\n")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]

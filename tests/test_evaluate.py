@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mnistops.evaluate import confident_mistakes, evaluate
+from mnistops.evaluate.metrics import confident_mistakes, evaluate
 
 
 def _onehot(labels: list[int], confidence: list[float]) -> np.ndarray:

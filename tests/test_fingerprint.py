@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mnistops.fingerprint import data_fingerprint, split_fingerprint
+from mnistops.data.fingerprint import data_fingerprint, split_fingerprint
 
 
 def _data(n: int = 30) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

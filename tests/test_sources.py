@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from conftest import one_line_error, run_cli
-from mnistops import cache, sources
-from mnistops.dataset import Dataset
+from mnistops.data import cache, sources
+from mnistops.data.dataset import Dataset
+from mnistops.data.idx import to_idx
+from mnistops.data.unpickle import NumpyOnlyUnpickler
 from mnistops.errors import ChecksumError, DataError, SourceUnavailableError, ValidationError
-from mnistops.idx import to_idx
-from mnistops.unpickle import NumpyOnlyUnpickler
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -112,7 +112,7 @@ def test_truncated_cache_file_is_fetched_again_with_a_warning(
 ) -> None:
     path = private_cache / "datasets" / "mnist.npz"
     path.write_bytes(path.read_bytes()[:1_000_000])
-    with caplog.at_level(logging.WARNING, logger="mnistops.cache"):
+    with caplog.at_level(logging.WARNING, logger="mnistops.data.cache"):
         ds = sources.load("mnist", source=str(wheel_path))
     assert "cannot be read" in caplog.text and "fetching again" in caplog.text
     assert not ds.from_cache and ds.fingerprint == sources.MNIST_FINGERPRINT
@@ -125,7 +125,10 @@ def test_cache_file_with_wrong_checksum_is_detected(
     images = mnist.images.copy()
     images[123, 14, 14] ^= 0xFF  # one pixel changed, the recorded fingerprint kept
     cache.write_dataset(Dataset(**{**mnist.__dict__, "images": images}))
-    with caplog.at_level(logging.WARNING, logger="mnistops.cache"), pytest.raises(DataError, match="not in the cache"):
+    with (
+        caplog.at_level(logging.WARNING, logger="mnistops.data.cache"),
+        pytest.raises(DataError, match="not in the cache"),
+    ):
         sources.load("mnist", source="cache")
     assert f"expected {sources.MNIST_FINGERPRINT[:12]}" in caplog.text
     assert not (private_cache / "datasets" / "mnist.npz").exists()
@@ -321,7 +324,7 @@ def test_unknown_source_is_refused() -> None:
 
 def test_idx_bytes_round_trip() -> None:
     a = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
-    from mnistops.idx import parse_idx
+    from mnistops.data.idx import parse_idx
 
     assert np.array_equal(parse_idx(to_idx(a)), a)
     with pytest.raises(DataError, match="bad magic"):

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import train_test_split
 
-from mnistops.dataset import Dataset
+from mnistops.data.dataset import Dataset
+from mnistops.data.split import make_split
 from mnistops.errors import ConfigError
-from mnistops.split import make_split
 
 
 def test_stratified_split_is_the_notebooks_rows(mnist: Dataset) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mnistops.dataset import Dataset
+from mnistops.data.dataset import Dataset
+from mnistops.data.validate import count_duplicates, validate
 from mnistops.errors import ValidationError
-from mnistops.validate import count_duplicates, validate
 
 
 def test_real_mnist_report(mnist: Dataset) -> None:

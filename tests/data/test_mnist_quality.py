@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mnistops.dataset import Dataset
-from mnistops.validate import count_duplicates
+from mnistops.data.dataset import Dataset
+from mnistops.data.validate import count_duplicates
 
 
 def test_no_image_of_the_test_set_repeats_a_training_image(mnist: Dataset) -> None:

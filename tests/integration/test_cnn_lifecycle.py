@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from mnistops.dataset import Dataset
+from mnistops.data.dataset import Dataset
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.cnn

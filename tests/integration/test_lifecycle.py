@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from conftest import one_line_error, run_cli
-from mnistops import cache, sources
-from mnistops.dataset import Dataset
+from mnistops.data import cache, sources
+from mnistops.data.dataset import Dataset
 
 GOOD = ["--set", "model.params.n_estimators=25", "--set", "model.params.max_depth=14"]
 BETTER = ["--set", "model.params.n_estimators=40", "--set", "model.params.max_depth=18"]
@@ -111,8 +111,8 @@ def test_failure_between_alias_moves_leaves_a_valid_champion(store: Path, monkey
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from mnistops import registry
     from mnistops.config import load_config
+    from mnistops.lifecycle import registry
 
     first = train(*GOOD, "--promote")
     second = train(*BETTER)
@@ -190,7 +190,7 @@ def test_reproduce_refuses_when_the_cached_file_changed(store: Path, private_cac
 
 
 def test_run_cache_skips_work_already_done(store: Path, clean_source: Path) -> None:
-    env = {"PYTHONPATH": str(clean_source / "src")}
+    env = {"PYTHONPATH": str(clean_source / "lib")}
     first = train(*TINY, env=env)
     proc = run_cli("-v", "train", "--json", *TINY, env=env)
     assert proc.returncode == 0, proc.stderr
@@ -208,11 +208,11 @@ def test_run_cache_skips_work_already_done(store: Path, clean_source: Path) -> N
     assert n_runs() == 1  # the cache hit logged nothing
     forced = train(*TINY, "--force", env=env)
     assert forced["cached"] is False and forced["run_id"] != first["run_id"] and n_runs() == 2
-    (clean_source / "src" / "mnistops" / "NOTE.txt").write_text("local change")  # now the tree is dirty
+    (clean_source / "lib" / "mnistops" / "NOTE.txt").write_text("local change")  # now the tree is dirty
     try:
         dirty = train(*TINY, env=env)
     finally:
-        (clean_source / "src" / "mnistops" / "NOTE.txt").unlink()
+        (clean_source / "lib" / "mnistops" / "NOTE.txt").unlink()
     assert dirty["cached"] is False and n_runs() == 3
 
 

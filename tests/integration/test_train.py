@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from conftest import one_line_error, read_store, run_cli
-from mnistops import sources
-from mnistops.dataset import Dataset
+from mnistops.data import sources
+from mnistops.data.dataset import Dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--set", "model.params.n_estimators=8", "--set", "model.params.max_depth=8"]
@@ -181,7 +181,7 @@ print(json.dumps({{"labels": out["label"].tolist(), "p_sum": float(out.filter(li
 def test_model_loads_with_stock_mlflow_in_a_fresh_process(seed_run: tuple[Path, dict[str, Any]], mnist: Dataset,
                                                           tmp_path: Path) -> None:  # fmt: skip
     work, result = seed_run
-    from mnistops.split import make_split
+    from mnistops.data.split import make_split
 
     split = make_split(mnist, "stratified", 0.2, 42)
     np.save(tmp_path / "x.npy", mnist.features(split.test))
@@ -301,8 +301,9 @@ def test_sigterm_mid_fit_leaves_the_run_killed(store: Path) -> None:
 
 
 def test_exception_mid_run_leaves_the_run_failed(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mnistops import models, pipeline
+    from mnistops import pipeline
     from mnistops.config import load_config
+    from mnistops.train import models
 
     def boom(self: object, *args: object, **kwargs: object) -> None:
         raise RuntimeError("disk full")

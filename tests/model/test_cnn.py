@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mnistops.dataset import Dataset, to_features
-from mnistops.models import build_model
+from mnistops.data.dataset import Dataset, to_features
+from mnistops.train.models import build_model
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.cnn
@@ -61,7 +61,7 @@ def test_images_and_floats_give_the_same_answers(small: tuple[np.ndarray, ...], 
     m.fit(x, y)
     images = mnist.images[:64]
     np.testing.assert_array_equal(m.predict_proba(to_features(images)), m.predict_proba(mnist.features(np.arange(64))))
-    from mnistops.pyfunc_model import MnistClassifier
+    from mnistops.train.pyfunc_model import MnistClassifier
 
     directory = Path(os.environ.get("TMPDIR", "/tmp")) / f"cnn-{os.getpid()}"
     m.save(directory)
@@ -88,8 +88,8 @@ def test_pyfunc_in_a_fresh_process_answers_exactly_as_in_process(
 ) -> None:
     import mlflow
 
-    from mnistops import tracking
     from mnistops.pipeline import pip_requirements
+    from mnistops.tracking import store
 
     x, y, xt, _ = small
     m = build_model("cnn", {**TINY, "epochs": 1}, seed=0)
@@ -97,7 +97,7 @@ def test_pyfunc_in_a_fresh_process_answers_exactly_as_in_process(
     m.save(tmp_path / "model")
     mlflow.set_experiment("cnn-test")
     with mlflow.start_run():
-        info = tracking.log_model(tmp_path / "model", xt[:5], pip_requirements("torch"))
+        info = store.log_model(tmp_path / "model", xt[:5], pip_requirements("torch"))
     np.save(tmp_path / "x.npy", xt)
     proc = subprocess.run([sys.executable, "-c", PREDICT.format(uri=info.model_uri, x=str(tmp_path / "x.npy"),
                                                                 out=str(tmp_path / "p.npy"))],

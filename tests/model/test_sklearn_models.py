@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mnistops.dataset import Dataset, to_features
-from mnistops.models import PARAMS, build_model
+from mnistops.data.dataset import Dataset, to_features
+from mnistops.train.models import PARAMS, build_model
 
 SMALL = {
     "random_forest": {"n_estimators": 23, "max_depth": 12},
@@ -112,7 +112,7 @@ def test_uint8_images_and_float_rows_give_the_same_features(mnist: Dataset) -> N
 
 def test_saved_model_answers_like_the_fitted_one(tmp_path: Path, small: tuple[np.ndarray, ...],
                                                  mnist: Dataset) -> None:  # fmt: skip
-    from mnistops.pyfunc_model import MnistClassifier
+    from mnistops.train.pyfunc_model import MnistClassifier
 
     x, y, xt, _ = small
     model = build_model("random_forest", SMALL["random_forest"], "standard", seed=3)

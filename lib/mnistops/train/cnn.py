@@ -1,7 +1,7 @@
 """The convolutional model: PyTorch on the CPU, seeded and deterministic.
 
 The recipe (architecture, batch size, AdamW, one-cycle learning rate, random shifts as
-augmentation, early stopping) lives in :class:`mnistops.models.CNNParams`. A validation slice
+augmentation, early stopping) lives in :class:`mnistops.train.models.CNNParams`. A validation slice
 is carved from the *training* rows (the test rows are touched once, by the pipeline, at the
 end); the weights of the best validation epoch are kept. With the same seed, data and thread
 count, two runs give the same weights bit for bit (``torch.use_deterministic_algorithms``).
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from mnistops.models import MODEL_FORMAT, EpochCallback
 from mnistops.progress import NullReporter, Reporter
-from mnistops.pyfunc_model import build_cnn
+from mnistops.train.models import MODEL_FORMAT, EpochCallback
+from mnistops.train.pyfunc_model import build_cnn
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def _shift(batch: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.T
 
 
 class TorchCNN:
-    """A small CNN behind the :class:`mnistops.models.Model` interface."""
+    """A small CNN behind the :class:`mnistops.train.models.Model` interface."""
 
     kind = "torch"
     held_out_proba: np.ndarray | None = None  # never set: see fit

@@ -1,4 +1,4 @@
-"""Train/test splits as row indices into a :class:`~mnistops.dataset.Dataset`.
+"""Train/test splits as row indices into a :class:`~mnistops.data.dataset.Dataset`.
 
 * ``stratified``: the notebook's split of the 70,000-image union, stratified by label. It is
   scikit-learn's ``train_test_split`` itself, applied to row indices, so the rows are exactly
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mnistops.dataset import Dataset
+from mnistops.data.dataset import Dataset
+from mnistops.data.fingerprint import split_fingerprint
 from mnistops.errors import ConfigError
-from mnistops.fingerprint import split_fingerprint
 
 STRATEGIES = ("stratified", "official")
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mnistops.dataset import Dataset
-from mnistops.fingerprint import data_fingerprint
+from mnistops.data.dataset import Dataset
+from mnistops.data.fingerprint import data_fingerprint
 
 log = logging.getLogger(__name__)
 

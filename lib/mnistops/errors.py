@@ -24,7 +24,7 @@ class ChecksumError(DataError):
 
 
 class ValidationError(DataError):
-    """A dataset broke one of the rules in :mod:`mnistops.validate`."""
+    """A dataset broke one of the rules in :mod:`mnistops.data.validate`."""
 
 
 class SourceUnavailableError(MnistopsError, OSError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mnistops import tracking
+from mnistops.tracking import store
 
 
 def is_timing(metric: str) -> bool:
@@ -20,7 +20,7 @@ def is_timing(metric: str) -> bool:
 
 def find_cached(uri: str, experiment: str, key: dict[str, str]) -> Any | None:
     """The newest FINISHED run whose tags equal ``key``, or None."""
-    c = tracking.client(uri)
+    c = store.client(uri)
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
         return None
@@ -44,9 +44,9 @@ def list_runs(uri: str, experiment: str, model_name: str, limit: int = 20) -> li
     """The newest ``limit`` runs of ``experiment`` as rows (JSON-ready)."""
     from datetime import UTC, datetime
 
-    from mnistops.registry import CHAMPION, alias_version
+    from mnistops.lifecycle.registry import CHAMPION, alias_version
 
-    c = tracking.client(uri)
+    c = store.client(uri)
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
         return []
@@ -75,7 +75,7 @@ def list_runs(uri: str, experiment: str, model_name: str, limit: int = 20) -> li
 
 def compare_runs(uri: str, run_a: str, run_b: str) -> dict[str, Any]:
     """What differs between two runs: params, metrics (B minus A), data, code, environment."""
-    a, b = tracking.get_run(uri, run_a), tracking.get_run(uri, run_b)
+    a, b = store.get_run(uri, run_a), store.get_run(uri, run_b)
     pa, pb = a.data.params, b.data.params
     params = {k: {"a": pa.get(k), "b": pb.get(k)} for k in sorted(set(pa) | set(pb)) if pa.get(k) != pb.get(k)}
     ma, mb = a.data.metrics, b.data.metrics

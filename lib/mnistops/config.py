@@ -2,7 +2,7 @@
 
 :class:`Config` is a pydantic model with ``extra="forbid"`` everywhere, so an unknown key or a
 wrong type is an error that names the key and what is allowed. Model parameters are checked
-against the chosen model's own parameter model (:data:`mnistops.models.PARAMS`). Defaults
+against the chosen model's own parameter model (:data:`mnistops.train.models.PARAMS`). Defaults
 reproduce the notebook's ``run_pipeline.py``: MNIST, the stratified 80/20 split of all 70,000
 images with seed 42, and a RandomForest of 150 trees, depth 25.
 
@@ -60,7 +60,7 @@ class ModelConfig(_Strict):
     def _complete_params(self) -> ModelConfig:
         # Store the complete, typed parameter set so it is logged and hashed in full.
         # Invalid params are left as given here; build_config reports them by key.
-        from mnistops.models import PARAMS
+        from mnistops.train.models import PARAMS
 
         try:
             checked = PARAMS[self.name].model_validate(self.params)
@@ -202,7 +202,7 @@ def load_config(
 
 def build_config(data: Mapping[str, Any]) -> Config:
     """Validate a plain mapping into a :class:`Config`, with one-line errors."""
-    from mnistops.models import PARAMS
+    from mnistops.train.models import PARAMS
 
     try:
         cfg = Config.model_validate(data)
@@ -232,7 +232,7 @@ def _allowed_keys(section: list[str], data: Mapping[str, Any]) -> list[str]:
     model: type[BaseModel] = Config
     for part in section:
         if part == "params" and model is ModelConfig:
-            from mnistops.models import PARAMS
+            from mnistops.train.models import PARAMS
 
             name = (data.get("model") or {}).get("name", "random_forest")
             return sorted(PARAMS.get(name, PARAMS["random_forest"]).model_fields)

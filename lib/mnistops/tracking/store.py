@@ -170,14 +170,14 @@ def prepare_model_logging() -> None:
 def log_model(model_dir: Path, input_example: Any, pip_requirements: list[str]) -> Any:
     """Log a saved mnistops model (``model_dir``) as an MLflow pyfunc model named ``model``.
 
-    The pyfunc code (:mod:`mnistops.pyfunc_model`) is stored with it, so stock MLflow loads it
+    The pyfunc code (:mod:`mnistops.train.pyfunc_model`) is stored with it, so stock MLflow loads it
     in a fresh process without mnistops. Requirements are given, not inferred: inference would
     load the model once more in a subprocess.
     """
     import mlflow
     from mlflow.models import Model
 
-    from mnistops import pyfunc_model
+    from mnistops.train import pyfunc_model
 
     # What mlflow.pyfunc.log_model does, minus validate_serving_input: that check loads the
     # whole model a second time in this process (over a second and the model's size in RAM

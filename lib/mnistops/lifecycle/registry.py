@@ -15,9 +15,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mnistops import tracking
 from mnistops.config import Config, GateConfig
 from mnistops.errors import GateError, RunNotFoundError, TrackingError
+from mnistops.tracking import store
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def register(uri: str, name: str, model_uri: str, run_id: str, tags: dict[str, s
 
 def version_for_run(uri: str, name: str, run_id: str) -> Any:
     """The model version of ``name`` registered from ``run_id``."""
-    versions = tracking.client(uri).search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    versions = store.client(uri).search_model_versions(f"name='{name}' and run_id='{run_id}'")
     if not versions:
         raise RunNotFoundError(f"run {run_id} has no version of model {name!r}: train it again, or check the run id")
     return max(versions, key=lambda v: int(v.version))
@@ -55,7 +55,7 @@ def alias_version(uri: str, name: str, alias: str) -> Any | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return tracking.client(uri).get_model_version_by_alias(name, alias)
+        return store.client(uri).get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
 
@@ -103,9 +103,9 @@ def _score(model_uris: dict[str, str], cfg: Config) -> dict[str, dict[str, float
     """Score registered models (role -> URI) on the one held-out split ``cfg`` defines."""
     import mlflow.pyfunc
 
-    from mnistops import sources
-    from mnistops.evaluate import evaluate
-    from mnistops.split import make_split
+    from mnistops.data import sources
+    from mnistops.data.split import make_split
+    from mnistops.evaluate.metrics import evaluate
 
     ds = sources.load(cfg.data.dataset, source=cfg.data.source)
     split = make_split(ds, cfg.split.strategy, cfg.split.test_size, cfg.seed)
@@ -138,7 +138,7 @@ def run_config(uri: str, run_id: str) -> Config:
 
 def latest_run(uri: str, experiment: str) -> str:
     """The newest FINISHED training run (not a reproduction) of ``experiment``."""
-    c = tracking.client(uri)
+    c = store.client(uri)
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
         raise RunNotFoundError(f"experiment {experiment!r} has no runs in {uri}: run `mnistops train` first")
@@ -152,7 +152,7 @@ def latest_run(uri: str, experiment: str) -> str:
 
 def promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool = False) -> Decision:
     """Run the gate for ``run_id``'s model version; move aliases if it passes (unless dry run)."""
-    client = tracking.client(uri)
+    client = store.client(uri)
     candidate = version_for_run(uri, name, run_id)
     champion = alias_version(uri, name, CHAMPION)
     decision = Decision(name, str(candidate.version), run_id, str(champion.version) if champion else None,
@@ -160,9 +160,9 @@ def promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool = 
     if champion is not None and str(champion.version) == str(candidate.version):
         decision.reason = f"version {candidate.version} is already @{CHAMPION}"
         return decision
-    cand_run = tracking.get_run(uri, run_id)
+    cand_run = store.get_run(uri, run_id)
     if champion is not None:
-        champ_run = tracking.get_run(uri, champion.run_id)
+        champ_run = store.get_run(uri, champion.run_id)
         for key, what in (("mnistops.data_fingerprint", "data"), ("mnistops.split_fingerprint", "split")):
             a, b = cand_run.data.tags.get(key), champ_run.data.tags.get(key)
             if a != b:
@@ -226,7 +226,7 @@ def _record(client: Any, name: str, version: Any, decision: Decision) -> None:
 
 def rollback(uri: str, name: str) -> tuple[str, str]:
     """Move ``@champion`` back to ``@previous``; return ``(from_version, to_version)``."""
-    client = tracking.client(uri)
+    client = store.client(uri)
     previous = alias_version(uri, name, PREVIOUS)
     champion = alias_version(uri, name, CHAMPION)
     if previous is None:

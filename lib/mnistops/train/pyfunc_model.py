@@ -113,5 +113,5 @@ class MnistClassifier(PythonModel):
 
 # MLflow executes this file under a generated module name to load a model; mnistops itself
 # imports it as a package module (for build_cnn and to_features) and must not set a model.
-if __name__ != "mnistops.pyfunc_model":
+if __name__ != "mnistops.train.pyfunc_model":
     set_model(MnistClassifier())

@@ -1,7 +1,7 @@
 """Evaluation: metrics, confusion matrix and report from labels and class probabilities.
 
-Pure functions of their inputs (no I/O); :mod:`mnistops.plots` draws the figures and
-:mod:`mnistops.tracking` logs the results.
+Pure functions of their inputs (no I/O); :mod:`mnistops.evaluate.plots` draws the figures and
+:mod:`mnistops.tracking.store` logs the results.
 """
 
 from __future__ import annotations

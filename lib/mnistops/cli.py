@@ -152,7 +152,7 @@ def _with_progress(quiet: bool, fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def _load(dataset: str, source: str = "auto", refresh: bool = False, quiet: bool = False) -> Any:
-    from mnistops import sources
+    from mnistops.data import sources
 
     return _with_progress(quiet, sources.load, dataset, source=source, refresh=refresh)
 
@@ -170,7 +170,7 @@ def data_fetch(
     as_json: JsonOpt = False,
 ) -> None:
     """Fetch a dataset into the local cache, verified by SHA-256."""
-    from mnistops.sources import describe
+    from mnistops.data.sources import describe
 
     ds = _load(dataset, source, refresh, quiet=as_json)
     info = describe(ds)
@@ -185,7 +185,7 @@ def data_fetch(
 @data_app.command("info")
 def data_info(dataset: DatasetOpt = "mnist", as_json: JsonOpt = False) -> None:
     """Describe a dataset: size, classes, splits, fingerprint, source, cache path."""
-    from mnistops.sources import describe
+    from mnistops.data.sources import describe
 
     info = describe(_load(dataset, quiet=as_json))
     if as_json:
@@ -207,7 +207,7 @@ def data_info(dataset: DatasetOpt = "mnist", as_json: JsonOpt = False) -> None:
 @data_app.command("validate")
 def data_validate(dataset: DatasetOpt = "mnist", as_json: JsonOpt = False) -> None:
     """Validate a dataset; exit non-zero with a one-line reason when it fails."""
-    from mnistops.validate import validate
+    from mnistops.data.validate import validate
 
     report = validate(_load(dataset, quiet=as_json))
     if as_json:
@@ -227,7 +227,7 @@ def data_export(
     dataset: DatasetOpt = "mnist",
 ) -> None:
     """Write a dataset as a Keras-style .npz (x_train, y_train, x_test, y_test; uint8)."""
-    from mnistops.sources import export_npz
+    from mnistops.data.sources import export_npz
 
     written = export_npz(_load(dataset), path)
     _out().print(f"[green]✓[/] wrote {written}")
@@ -246,7 +246,7 @@ def _sigterm_raises() -> None:
     """Turn SIGTERM into an exception in the main thread, so a run is marked KILLED."""
     import signal
 
-    from mnistops.tracking import Terminated
+    from mnistops.tracking.store import Terminated
 
     def handler(signum: int, frame: object) -> None:
         raise Terminated()
@@ -297,7 +297,7 @@ def train_cmd(
     result = _with_progress(as_json, train, cfg, force=force)
     decision = None
     if promote:
-        from mnistops.registry import promote as run_gate
+        from mnistops.lifecycle.registry import promote as run_gate
 
         decision = run_gate(result.tracking_uri, result.run_id, cfg.gate, cfg.tracking.registered_model)
     if as_json:
@@ -345,8 +345,8 @@ def promote_cmd(
 ) -> None:
     """Gate a run's model: promote it to @champion if it beats the floor and the champion. Exit 1 if refused."""
     from mnistops.config import load_config
-    from mnistops.registry import latest_run, promote
-    from mnistops.tracking import check_store, resolve_uri
+    from mnistops.lifecycle.registry import latest_run, promote
+    from mnistops.tracking.store import check_store, resolve_uri
 
     cfg = load_config(config, set_ or [])
     uri = resolve_uri(cfg.tracking.uri)
@@ -368,8 +368,8 @@ def promote_cmd(
 def rollback_cmd(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Move @champion back to @previous."""
     from mnistops.config import load_config
-    from mnistops.registry import rollback
-    from mnistops.tracking import check_store, resolve_uri
+    from mnistops.lifecycle.registry import rollback
+    from mnistops.tracking.store import check_store, resolve_uri
 
     cfg = load_config(config, set_ or [])
     uri = resolve_uri(cfg.tracking.uri)
@@ -384,8 +384,8 @@ def reproduce_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Re-run a run from its record alone and compare every metric and prediction. Exit 1 on mismatch."""
-    from mnistops.reproduce import reproduce
-    from mnistops.tracking import resolve_uri
+    from mnistops.lifecycle.reproduce import reproduce
+    from mnistops.tracking.store import resolve_uri
 
     _sigterm_raises()
     result = _with_progress(as_json, reproduce, resolve_uri(None), run_id)
@@ -415,8 +415,8 @@ def runs_list(
 ) -> None:
     """The newest runs: id, when, model, key params, metrics, data fingerprint, champion marker."""
     from mnistops.config import load_config
-    from mnistops.runs import list_runs
-    from mnistops.tracking import check_store, resolve_uri
+    from mnistops.tracking.runs import list_runs
+    from mnistops.tracking.store import check_store, resolve_uri
 
     cfg = load_config(config)
     uri = resolve_uri(cfg.tracking.uri)
@@ -446,8 +446,8 @@ def runs_compare(
     as_json: JsonOpt = False,
 ) -> None:
     """What differs between two runs: params, metric deltas, data, code, environment."""
-    from mnistops.runs import compare_runs
-    from mnistops.tracking import check_store, resolve_uri
+    from mnistops.tracking.runs import compare_runs
+    from mnistops.tracking.store import check_store, resolve_uri
 
     uri = resolve_uri(None)
     check_store(uri)
@@ -486,7 +486,7 @@ def main() -> None:
         _err().print("[bold red]interrupted[/]")
         sys.exit(130)
     except BaseException as exc:
-        from mnistops.tracking import Terminated
+        from mnistops.tracking.store import Terminated
 
         if isinstance(exc, Terminated):
             _err().print("[bold red]terminated[/]")

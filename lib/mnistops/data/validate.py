@@ -6,7 +6,7 @@ Two layers:
   square images) and turns them into canonical ``uint8``; it raises
   :class:`~mnistops.errors.ValidationError` with a one-line message naming the problem and
   the fix.
-* :func:`validate` checks a loaded :class:`~mnistops.dataset.Dataset` and returns a report
+* :func:`validate` checks a loaded :class:`~mnistops.data.dataset.Dataset` and returns a report
   (a JSON-ready dict) that each training run logs. Hard failures raise; soft findings (a rare
   class, duplicate images) are reported as warnings.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mnistops.dataset import IMAGE_SHAPE, N_PIXELS, Dataset
+from mnistops.data.dataset import IMAGE_SHAPE, N_PIXELS, Dataset
 from mnistops.errors import ValidationError
 
 N_CLASSES = 10
@@ -132,7 +132,7 @@ def validate(ds: Dataset) -> dict[str, Any]:
     if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE or len(images) != len(labels):
         raise ValidationError(
             f"{where} holds images {images.shape} {images.dtype} and labels {labels.shape}; "
-            "expected uint8 (n, 28, 28) and (n,): load it through mnistops.sources"
+            "expected uint8 (n, 28, 28) and (n,): load it through mnistops.data.sources"
         )
     if labels.dtype != np.uint8 or (len(labels) and int(labels.max()) >= N_CLASSES):
         raise ValidationError(f"{where} has labels outside 0-9: datasets here have 10 classes")

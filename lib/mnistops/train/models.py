@@ -2,7 +2,7 @@
 
 Each model name has a parameter model (:data:`PARAMS`, pydantic, ``extra="forbid"``) and a
 builder. Every model is a :class:`Model`: ``fit`` on ``float32 (n, 784)`` features,
-``predict_proba`` to ``(n, 10)``, ``save`` into a folder that :mod:`mnistops.pyfunc_model`
+``predict_proba`` to ``(n, 10)``, ``save`` into a folder that :mod:`mnistops.train.pyfunc_model`
 loads with nothing but stock MLflow. The seed from the config is passed as ``random_state``.
 
 Forests are fitted in batches of trees (``warm_start``), which draws the same per-tree seeds
@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from mnistops.dataset import to_features
+from mnistops.data.dataset import to_features
 from mnistops.errors import ConfigError, MissingExtraError
 from mnistops.progress import NullReporter, Reporter
 
@@ -79,7 +79,7 @@ class LogisticRegressionParams(_Params):
 
 
 class CNNParams(_Params):
-    """The PyTorch CNN's recipe (see :mod:`mnistops.cnn`)."""
+    """The PyTorch CNN's recipe (see :mod:`mnistops.train.cnn`)."""
 
     channels: tuple[int, int] = (24, 48)
     convs_per_block: int = Field(1, ge=1, le=3)
@@ -137,7 +137,7 @@ class Model(Protocol):
         ...
 
     def save(self, directory: Path) -> None:
-        """Write the fitted model into ``directory`` for :mod:`mnistops.pyfunc_model`."""
+        """Write the fitted model into ``directory`` for :mod:`mnistops.train.pyfunc_model`."""
 
 
 class SklearnModel:
@@ -374,7 +374,7 @@ def build_model(name: str, params: dict[str, Any], preprocess: str = "none", see
             raise MissingExtraError(
                 "model cnn needs PyTorch, which is not installed: pip install -e '.[cnn]' (see README)"
             ) from None
-        from mnistops.cnn import TorchCNN
+        from mnistops.train.cnn import TorchCNN
 
         return TorchCNN(full, preprocess=preprocess, seed=seed)
     return SklearnModel(name, full, preprocess, seed)
