@@ -3,19 +3,34 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.txt
+# Where `make lab` and `make run` keep the MLflow store: the project's root, whatever the
+# kernel's working folder (JupyterLab starts kernels in notebooks/).
+STORE  ?= sqlite:///$(CURDIR)/mlflow.db
+LAB_PORT ?= 8888
+# Jupyter refuses to run as root unless told: containers and CI often are root.
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: install train test lint typecheck unit bench clean
+.PHONY: install run train lab test test-fast lint typecheck unit nbval notebooks lock bench clean
 
-$(STAMP): pyproject.toml
+# The venv, installed with requirements.txt as constraints: every machine gets the same versions.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --upgrade pip
-	$(BIN)/python -m pip install -qq -e '.[dev,cnn]'
+	$(BIN)/python -m pip install -qq -c $(LOCK) -e '.[dev,cnn,lab]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-train: install ## the main job: train the default model on real MNIST, tracked in ./mlflow.db
+run: install ## the main job: the notebook batch on real MNIST, recorded in ./mlflow.db and outputs/
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(STORE)} $(BIN)/python run_notebooks.py
+
+train: install ## one model, no notebooks: `mnistops train` with the default config
 	$(BIN)/mnistops train
+
+lab: install ## JupyterLab on 127.0.0.1 with the project's kernel; the store is ./mlflow.db
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(STORE)} $(BIN)/jupyter lab --ip 127.0.0.1 --port $(LAB_PORT) \
+		--no-browser --notebook-dir notebooks $(LAB_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
@@ -27,13 +42,24 @@ typecheck: install
 unit: install
 	$(BIN)/pytest
 
-test: lint typecheck unit ## lint, type-check, then every test
+nbval: install ## every notebook runs top to bottom; checked cells print what is committed
+	$(BIN)/pytest --nbval-lax notebooks -p no:cacheprovider -q
+
+test: lint typecheck unit nbval ## lint, type-check, every test, then nbval over notebooks/
+
+notebooks: install ## re-execute the notebooks and keep their outputs (see README: committed outputs)
+	$(BIN)/python -m mnistops.runner.committed notebooks/*.ipynb
+
+lock: install ## regenerate requirements.txt from pyproject.toml (needs the package index)
+	$(BIN)/pip-compile --all-extras --strip-extras --no-emit-find-links --no-emit-index-url --quiet \
+		--output-file $(LOCK) pyproject.toml
 
 bench: install
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_cache.py
 	$(BIN)/python benchmarks/bench_cnn.py
+	$(BIN)/python benchmarks/bench_notebooks.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mlruns mlflow.db

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mnistops.config import Config, dump_yaml, env_overrides, load_config
+from mnistops.config import Config, dump_yaml, env_overrides, from_notebook, load_config, notebook_values
 from mnistops.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,3 +101,51 @@ def test_params_are_completed_with_the_models_defaults() -> None:
     assert cfg.model.params["n_estimators"] == 150 and cfg.model.params["bootstrap"] is False
     flat = cfg.flat()
     assert flat["model.params.n_estimators"] == 150 and flat["split.test_size"] == 0.2
+
+
+# --- notebooks: their parameters are a view of the config ---------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_config_survives_the_trip_through_notebook_parameters(name: str) -> None:
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml", environ={})
+    values = notebook_values(cfg)
+    back = from_notebook({k: v for k, v in values.items() if k != "overrides"}, overrides=values["overrides"],
+                         environ={})  # fmt: skip
+    assert back == cfg and back.hash() == cfg.hash()
+
+
+def test_notebook_values_are_short_and_name_the_forest_shortcuts() -> None:
+    seed = notebook_values(load_config(ROOT / "configs" / "seed.yaml", environ={}))
+    assert (seed["n_estimators"], seed["max_depth"], seed["model_params"], seed["overrides"]) == (120, 20, {}, [])
+    extra = notebook_values(load_config(ROOT / "configs" / "extra_trees.yaml", environ={}))
+    assert extra["max_depth"] == 0  # no limit, as the notebook writes it
+    cnn = notebook_values(load_config(ROOT / "configs" / "cnn_fast.yaml", environ={}))
+    assert "n_estimators" not in cnn and cnn["model_params"]["epochs"] == 2
+    other = notebook_values(load_config(overrides=["gate.floor=0.9", "tracking.experiment=007x"], environ={}))
+    assert other["overrides"] == ["tracking.experiment=007x", "gate.floor=0.9"]
+
+
+def test_the_forest_shortcuts_apply_to_forests_only() -> None:
+    cfg = from_notebook({"model": "random_forest", "n_estimators": 7, "max_depth": 0}, environ={})
+    assert (cfg.model.params["n_estimators"], cfg.model.params["max_depth"]) == (7, None)
+    cnn = from_notebook({"model": "cnn", "n_estimators": 7, "max_depth": 20, "model_params": {"epochs": 1}},
+                        environ={})  # fmt: skip
+    assert cnn.model.params["epochs"] == 1 and "n_estimators" not in cnn.model.params
+
+
+def test_notebook_values_lie_between_the_environment_and_the_overrides(tmp_path: Path) -> None:
+    env = {"MNISTOPS_SEED": "3", "MNISTOPS_MODEL__PARAMS__MIN_SAMPLES_LEAF": "2"}
+    cfg = from_notebook({"seed": 42, "n_estimators": 5}, overrides=["model.params.max_depth=4"], environ=env)
+    assert cfg.seed == 42  # the notebook's value beats the environment
+    assert cfg.model.params["min_samples_leaf"] == 2  # the environment applies where the notebook is silent
+    assert cfg.model.params["max_depth"] == 4 and cfg.model.params["n_estimators"] == 5
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name: extra_trees\n")
+    from_file = from_notebook({"model": "random_forest", "n_estimators": 9}, config_file=str(path), environ={})
+    assert from_file.model.name == "extra_trees" and from_file.model.params["n_estimators"] == 150
+
+
+def test_a_bad_notebook_value_is_one_line_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key model\.params\.n_trees: allowed keys here are"):
+        from_notebook({"model": "random_forest", "model_params": {"n_trees": 3}}, environ={})

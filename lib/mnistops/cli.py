@@ -330,8 +330,8 @@ def _print_decision(decision: Any) -> None:
     out = _out()
     if decision.checks:
         out.print(table)
-    verdict = "[green]PROMOTED[/]" if decision.promoted else "[yellow]NOT PROMOTED[/]"
-    out.print(f"{verdict}: {escape(decision.reason)}", highlight=False)
+    colour = "green" if decision.verdict in ("PROMOTED", "WOULD PROMOTE") else "yellow"
+    out.print(f"[{colour}]{decision.verdict}[/]: {escape(decision.reason)}", highlight=False)
 
 
 @app.command("promote")

@@ -173,13 +173,18 @@ def load_config(
     path: str | Path | None = None,
     overrides: Sequence[str] = (),
     environ: Mapping[str, str] | None = None,
+    base: Mapping[str, Any] | None = None,
 ) -> Config:
-    """Build the config: environment, then the YAML file, then ``--set KEY=VALUE`` overrides.
+    """Build the config: environment, then ``base`` or the YAML file, then ``--set KEY=VALUE`` overrides.
+
+    ``base`` is a mapping that plays the file's part (a notebook's parameters, say).
 
     Raises:
         ConfigError: unreadable file, malformed override, unknown key, wrong type or value.
     """
     merged = env_overrides(environ)
+    if base is not None:
+        merged = _deep_merge(merged, base)
     if path is not None:
         p = Path(path)
         try:
@@ -242,6 +247,96 @@ def _allowed_keys(section: list[str], data: Mapping[str, Any]) -> list[str]:
             return []
         model = ann
     return sorted(model.model_fields)
+
+
+# --- notebooks ---------------------------------------------------------------------------
+# A training notebook's parameters are a flat view of the config: these names stand for these
+# keys; ``n_estimators`` and ``max_depth`` stand for the forest's own parameters (0 depth: no
+# limit); ``model_params`` holds any other model parameter; ``overrides`` any other key.
+
+NOTEBOOK_KEYS = {
+    "dataset": "data.dataset",
+    "source": "data.source",
+    "seed": "seed",
+    "split": "split.strategy",
+    "test_size": "split.test_size",
+    "model": "model.name",
+}
+FOREST_SHORTCUTS = ("n_estimators", "max_depth")
+
+
+def notebook_mapping(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The config keys a notebook's parameters set (only those: it plays a config file's part).
+
+    ``values`` may hold the names of :data:`NOTEBOOK_KEYS`, the forest shortcuts and
+    ``model_params``; the shortcuts apply to the forests only, whose parameters they are.
+    """
+    from mnistops.train.models import FORESTS
+
+    mapping: dict[str, Any] = {}
+    for name, key in NOTEBOOK_KEYS.items():
+        if name in values:
+            _set_dotted(mapping, key, values[name])
+    params = dict(values.get("model_params") or {})
+    if values.get("model", "random_forest") in FORESTS:
+        if "n_estimators" in values:
+            params["n_estimators"] = values["n_estimators"]
+        if "max_depth" in values:
+            params["max_depth"] = values["max_depth"] or None
+    if params:
+        mapping.setdefault("model", {})["params"] = params
+    return mapping
+
+
+def from_notebook(
+    values: Mapping[str, Any],
+    config_file: str | Path = "",
+    overrides: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """The config a notebook's parameters describe (the inverse of :func:`notebook_values`).
+
+    With ``config_file`` set, the config is that file plus ``overrides``, as for
+    ``mnistops train --config FILE --set ...``, and ``values`` are not used. Otherwise the
+    parameters (:func:`notebook_mapping`) play the part of the file: the environment is beneath
+    them and ``overrides`` above them.
+    """
+    if config_file:
+        return load_config(config_file, overrides, environ)
+    return load_config(None, overrides, environ, base=notebook_mapping(values))
+
+
+def notebook_values(cfg: Config) -> dict[str, Any]:
+    """A config as a training notebook's parameters: what ``run_notebooks.py`` injects.
+
+    Only model parameters and other keys that differ from their defaults are listed, so the
+    injected cell stays short; :func:`from_notebook` of the result gives ``cfg`` back.
+    """
+    from mnistops.train.models import FORESTS, PARAMS
+
+    flat = cfg.flat()
+    values: dict[str, Any] = {name: flat[key] for name, key in NOTEBOOK_KEYS.items()}
+    params = dict(cfg.model.params)
+    if cfg.model.name in FORESTS:
+        values["n_estimators"] = params.pop("n_estimators")
+        values["max_depth"] = params.pop("max_depth") or 0
+    defaults = PARAMS[cfg.model.name]().model_dump()
+    values["model_params"] = {k: v for k, v in params.items() if v != defaults.get(k)}
+    covered = {*NOTEBOOK_KEYS.values(), "model.params"}
+    default_flat = Config().flat()
+    values["overrides"] = [
+        f"{key}={_format_value(value)}"
+        for key, value in flat.items()
+        if key not in covered and not key.startswith("model.params.") and value != default_flat.get(key)
+    ]
+    return values
+
+
+def _format_value(value: Any) -> str:
+    """``value`` as ``--set`` text that :func:`_parse_value` reads back as the same value."""
+    if isinstance(value, str) and _parse_value(value) == value:
+        return value
+    return json.dumps(value)
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -90,6 +90,7 @@ def run_tags(cfg: Config, ds: Dataset, split_fp: str, env: dict[str, Any],
              code: dict[str, provenance.GitInfo]) -> dict[str, str]:  # fmt: skip
     """Tags that trace a run to its code, data, config and environment."""
     tags = {
+        "mnistops.run_type": "train",
         "mnistops.version": mnistops.__version__,
         "mnistops.config_hash": cfg.hash(),
         "mnistops.data_fingerprint": ds.fingerprint,
@@ -160,6 +161,7 @@ def train(
     force: bool = False,
     register: bool = True,
     extra_tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
 ) -> TrainResult:
     """Run the whole pipeline for ``cfg`` and record it in MLflow; return the result.
 
@@ -169,6 +171,8 @@ def train(
         force: train even when the run cache holds a matching run.
         register: register the model as a new version of ``tracking.registered_model``.
         extra_tags: more run tags (a reproduction names its original).
+        parent_run_id: a run (a notebook batch, say) to nest this run under; the result's run id
+            is recorded on it as the tag ``mnistops.training_run_id``, cache hits included.
     """
     from mnistops.data import sources
     from mnistops.data.split import Split, make_split
@@ -208,6 +212,9 @@ def train(
     code = provenance.code_versions()
     tags = {**run_tags(cfg, ds, split.fingerprint, env, code), **(extra_tags or {})}
     tags["mnistops.experiment"] = cfg.tracking.experiment
+    if parent_run_id:
+        store.get_run(uri, parent_run_id)  # a one-line error now, not an orphan run later
+        tags["mlflow.parentRunId"] = parent_run_id
     key = cache_key(cfg, ds, split.fingerprint, env, code)
     if not force and key is not None:
         from mnistops.tracking.runs import find_cached
@@ -215,6 +222,8 @@ def train(
         hit = find_cached(uri, cfg.tracking.experiment, key)
         if hit is not None:
             log.info("run cache hit: run %s has the same data, split, config, code and environment", hit.info.run_id)
+            if parent_run_id:
+                _record_on_parent(uri, parent_run_id, hit.info.run_id, cached=True)
             return result_from_run(hit, uri)
     elif key is None:
         log.info("the mnistops source tree is dirty: the run cache is not used")
@@ -253,6 +262,8 @@ def train(
             version = register_version(uri, cfg.tracking.registered_model, info.model_uri, run_id, tags, metrics)
             _set_tag("mnistops.model_version", version)
             _set_tag("mnistops.registered_model", cfg.tracking.registered_model)
+    if parent_run_id:
+        _record_on_parent(uri, parent_run_id, run_id, cached=False)
 
     return TrainResult(
         run_id=run_id,
@@ -266,6 +277,12 @@ def train(
         tracking_uri=uri,
         model_version=version,
     )
+
+
+def _record_on_parent(uri: str, parent_run_id: str, run_id: str, cached: bool) -> None:
+    c = store.client(uri)
+    c.set_tag(parent_run_id, "mnistops.training_run_id", run_id)
+    c.set_tag(parent_run_id, "mnistops.training_cached", str(cached).lower())
 
 
 def _set_tag(key: str, value: str) -> None:

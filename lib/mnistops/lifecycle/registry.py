@@ -10,6 +10,8 @@ ordered so that a failure between them leaves ``@champion`` on a valid version:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,10 +37,16 @@ def register(uri: str, name: str, model_uri: str, run_id: str, tags: dict[str, s
     version_tags.update({k: f"{metrics[k]:.6f}" for k in ("accuracy", "f1_macro", "log_loss") if k in metrics})
     version_tags["run_id"] = run_id
     mlflow.set_tracking_uri(uri)
+    said = io.StringIO()
     try:
-        mv = mlflow.register_model(model_uri, name, tags=version_tags)
+        # MLflow prints "Created version ..." to stderr itself: into the log, not the terminal.
+        with contextlib.redirect_stderr(said):
+            mv = mlflow.register_model(model_uri, name, tags=version_tags)
     except Exception as exc:
         raise TrackingError(f"cannot register model {name!r} in {uri}: {str(exc).splitlines()[0]}") from None
+    finally:
+        for line in said.getvalue().splitlines():
+            log.info("registry: %s", line)
     return str(mv.version)
 
 
@@ -91,9 +99,29 @@ class Decision:
     checks: list[Check] = field(default_factory=list)
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
 
+    @property
+    def verdict(self) -> str:
+        """``PROMOTED`` / ``NOT PROMOTED``, or for a dry run ``WOULD PROMOTE`` / ``WOULD NOT PROMOTE``."""
+        if self.dry_run:
+            passes = bool(self.checks) and all(c.passed for c in self.checks)
+            return "WOULD PROMOTE" if passes else "WOULD NOT PROMOTE"
+        return "PROMOTED" if self.promoted else "NOT PROMOTED"
+
+    def table(self) -> Any:
+        """The decision table as a ``pandas.DataFrame``: one row per check."""
+        import pandas as pd
+
+        rows = [{"check": c.rule, "metric": c.metric, "candidate": round(c.candidate, 4),
+                 "champion": None if c.champion is None else round(c.champion, 4),
+                 "delta": None if c.delta is None else round(c.delta, 4), "threshold": round(c.threshold, 4),
+                 "result": "pass" if c.passed else "fail"} for c in self.checks]  # fmt: skip
+        columns = ["check", "metric", "candidate", "champion", "delta", "threshold", "result"]
+        return pd.DataFrame(rows, columns=columns).set_index("check")
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready decision, with each check's delta."""
+        """JSON-ready decision, with each check's delta and the verdict."""
         d = asdict(self)
+        d["verdict"] = self.verdict
         for row, check in zip(d["checks"], self.checks, strict=True):
             row["delta"] = check.delta
         return d
@@ -145,9 +173,14 @@ def latest_run(uri: str, experiment: str) -> str:
     runs = c.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
                          max_results=20)  # fmt: skip
     for run in runs:
-        if "mnistops.reproduction_of" not in run.data.tags:
+        if is_training_run(run.data.tags):
             return str(run.info.run_id)
     raise RunNotFoundError(f"experiment {experiment!r} has no finished training run: run `mnistops train` first")
+
+
+def is_training_run(tags: dict[str, str]) -> bool:
+    """A run of ``mnistops train`` (not a reproduction, not a notebook batch)."""
+    return tags.get("mnistops.run_type", "train") == "train" and "mnistops.reproduction_of" not in tags
 
 
 def promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool = False) -> Decision:

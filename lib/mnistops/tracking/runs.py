@@ -62,7 +62,7 @@ def list_runs(uri: str, experiment: str, model_name: str, limit: int = 20) -> li
             "run_id": run.info.run_id,
             "started": datetime.fromtimestamp(run.info.start_time / 1000, UTC).isoformat(timespec="seconds"),
             "status": run.info.status,
-            "model": p.get("model.name", ""),
+            "model": kind if (kind := t.get("mnistops.run_type", "train")) != "train" else p.get("model.name", ""),
             "params": key_params,
             "accuracy": m.get("accuracy"),
             "f1_macro": m.get("f1_macro"),
@@ -100,3 +100,41 @@ def compare_runs(uri: str, run_a: str, run_b: str) -> dict[str, Any]:
             k.removeprefix("env.pkg."): {"a": ta.get(k), "b": tb.get(k)} for k in env_keys if ta.get(k) != tb.get(k)
         },
     }
+
+
+# Step metrics a model logs as it learns: a forest after each batch of trees, the CNN per epoch.
+CURVES = {"held_out_accuracy": "trees", "val_accuracy": "epoch", "train_loss": "epoch"}
+
+
+def learning_curve(uri: str, run_id: str) -> Any:
+    """A run's step metrics (:data:`CURVES`) as a ``pandas.DataFrame`` indexed by step (trees or
+    epoch); empty when the model logs none (a logistic regression, say)."""
+    import pandas as pd
+
+    c = store.client(uri)
+    columns = {}
+    for name in CURVES:
+        history = c.get_metric_history(run_id, name)
+        if history:
+            columns[name] = pd.Series({m.step: m.value for m in history})
+    frame = pd.DataFrame(columns).sort_index()
+    frame.index.name = next((CURVES[n] for n in columns), "step")
+    return frame
+
+
+def artifact_bytes(uri: str, run_id: str, path: str) -> bytes:
+    """The bytes of one of a run's artifacts (a logged plot, say)."""
+    import tempfile
+
+    import mlflow
+
+    from mnistops.errors import RunNotFoundError
+
+    with tempfile.TemporaryDirectory(prefix="mnistops-artifact-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp,
+                                                        tracking_uri=uri)  # fmt: skip
+        except Exception:
+            raise RunNotFoundError(f"run {run_id} has no artifact {path}") from None
+        with open(local, "rb") as f:
+            return f.read()

@@ -34,11 +34,24 @@ def resolve_uri(config_uri: str | None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or config_uri or DEFAULT_URI
 
 
+def absolute_uri(uri: str) -> str:
+    """``uri`` with a relative SQLite path made absolute (against the working directory), for
+    another process with another working directory, a notebook kernel say, to find the same store."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        path = uri.removeprefix(prefix)
+        if path and path != ":memory:":
+            return prefix + str(Path(path).expanduser().resolve())
+    return uri
+
+
 def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # Fail over HTTP in seconds, not after minutes of retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    # Bars for every artifact download: noise on a terminal and in a notebook alike.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow  # noqa: F401  (it sets up its own loggers on import; quiet them after)
 
     for name in ("mlflow", "alembic", "urllib3"):
@@ -93,6 +106,35 @@ def get_run(uri: str, run_id: str) -> Any:
         raise RunNotFoundError(f"no run {run_id!r} in {uri}: see `mnistops runs list`") from None
 
 
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: ``mlruns/`` beside a SQLite store's file.
+
+    MLflow's own default is ``./mlruns`` in the working folder of whichever process creates the
+    experiment, so a notebook kernel (working in ``notebooks/``) would scatter artifacts away
+    from the store. None for other stores (their server decides).
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///")
+    if not path or path == ":memory:":
+        return None
+    return (Path(path).expanduser().resolve().parent / "mlruns").as_uri()
+
+
+def ensure_experiment(uri: str, name: str) -> None:
+    """Create experiment ``name`` if it does not exist, with its artifacts at :func:`artifact_root`."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(uri)
+    if c.get_experiment_by_name(name) is not None:
+        return
+    try:
+        c.create_experiment(name, artifact_location=artifact_root(uri))
+    except MlflowException:
+        if c.get_experiment_by_name(name) is None:  # not a race with another process: a real error
+            raise
+
+
 @contextlib.contextmanager
 def tracked_run(uri: str, experiment: str, run_name: str | None, tags: dict[str, str]) -> Iterator[Any]:
     """Start a run and make sure it ends: FINISHED, FAILED (exception) or KILLED (signal).
@@ -104,6 +146,7 @@ def tracked_run(uri: str, experiment: str, run_name: str | None, tags: dict[str,
     _quiet_mlflow()
     mlflow.set_tracking_uri(uri)
     try:
+        ensure_experiment(uri, experiment)
         mlflow.set_experiment(experiment)
     except Exception as exc:
         raise TrackingError(f"cannot use experiment {experiment!r} in {uri}: {str(exc).splitlines()[0]}") from None

@@ -1,0 +1,652 @@
+"""Run a batch of notebooks with papermill; one MLflow run holds the record of it.
+
+What happens, in order:
+
+1. The store is checked, then the batch run is opened in the config's experiment. It records
+   the git state, the environment, each notebook's content hash (tags), every injected value
+   (params), the resolved config (``config.yaml``) and the environment lock.
+2. Each notebook runs in a fresh kernel of its own (the ``python3`` kernel of the running
+   Python, so the project's venv), started while the notebook before it runs and told only
+   where the store is (``MLFLOW_TRACKING_URI``, absolute). A notebook that declares
+   ``batch_run_id`` gets the batch run's id (the training notebook nests its run under it and
+   records the training run's id on it); one that declares ``run_id`` gets that training run.
+3. Each executed copy lands in ``<out>/<when>-<run id>/`` and is rendered as HTML on a second
+   thread while the next notebook runs; both files are logged to the batch run.
+4. A failing cell stops the batch: the partly executed copy (with papermill's error banner) is
+   saved and logged like the others, every run the batch opened that is still RUNNING is ended
+   FAILED, and :class:`BatchFailed` says which notebook, which cell and what error. A cell
+   timeout or a kernel that died is reported the same way.
+5. SIGTERM or Ctrl-C interrupts the running cell (the kernel gets SIGINT, so a training run in
+   it ends KILLED), then the kernel is shut down; one that does not stop within a grace period
+   is killed. The batch run ends KILLED. No kernel outlives the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import mnistops
+from mnistops import gc_phases
+from mnistops.config import Config, dump_yaml
+from mnistops.errors import MnistopsError
+from mnistops.runner.notebooks import Notebook
+from mnistops.tracking import provenance, store
+
+log = logging.getLogger(__name__)
+
+KERNEL_NAME = "python3"
+# What a kernel imports while it waits for its turn, besides the notebook's own imports: the
+# libraries mnistops imports inside its functions. Only sys.modules is touched (``__import__`` in
+# a silent execution): the notebook's namespace starts empty, and a notebook that forgets an
+# import still fails. MLflow (2 s) only for notebooks that use the tracking store.
+WARM_ALWAYS = ("numpy", "pandas", "matplotlib.figure", "matplotlib.backends.backend_agg", "IPython.display",
+               "sklearn.model_selection", "sklearn.decomposition")  # fmt: skip
+WARM_TRACKING = ("mlflow", "mlflow.pyfunc", "sklearn.ensemble", "sklearn.metrics", "sklearn.model_selection")
+TRACKING_MODULES = ("mnistops.pipeline", "mnistops.tracking", "mnistops.lifecycle", "mnistops.evaluate.analysis")
+HEADLINE = ("accuracy", "f1_macro", "f1_weighted", "log_loss")
+
+
+class BatchFailed(MnistopsError, RuntimeError):
+    """A notebook of the batch failed; ``result`` holds what ran and where the copies are."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, result: BatchResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class NotebookRun:
+    """How one notebook of the batch went."""
+
+    name: str
+    status: str = "pending"  # pending, running, completed, failed, killed, not run
+    seconds: float | None = None
+    ipynb: str | None = None
+    html: str | None = None
+    error: str | None = None
+    cell: int | None = None  # the failing cell's execution count, as "In [n]" shows it
+
+
+@dataclass
+class BatchResult:
+    """What ``run_notebooks.py --json`` prints."""
+
+    run_id: str
+    status: str  # FINISHED, FAILED, KILLED
+    out_dir: str
+    tracking_uri: str
+    experiment: str
+    notebooks: list[NotebookRun] = field(default_factory=list)
+    training_run_id: str | None = None
+    training_cached: bool | None = None
+    training_metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready result."""
+        return asdict(self)
+
+
+class BatchProgress(Protocol):
+    """What the batch reports as it goes (the CLI draws it; library callers may ignore it)."""
+
+    def notebook_started(self, name: str, n_cells: int) -> None:
+        """A notebook started; it has ``n_cells`` cells (the injected one included)."""
+
+    def cell_started(self, name: str, index: int, summary: str) -> None:
+        """Cell ``index`` (0-based) of notebook ``name`` started; ``summary`` is its first line."""
+
+    def notebook_finished(self, run: NotebookRun) -> None:
+        """A notebook ended (completed, failed or killed)."""
+
+
+class NullProgress:
+    """Reports nothing."""
+
+    def notebook_started(self, name: str, n_cells: int) -> None:
+        """Ignore."""
+
+    def cell_started(self, name: str, index: int, summary: str) -> None:
+        """Ignore."""
+
+    def notebook_finished(self, run: NotebookRun) -> None:
+        """Ignore."""
+
+
+class _Kernel:
+    """One kernel process for one notebook, started ahead of its turn and never shared.
+
+    The manager is jupyter_client's asynchronous one, which papermill's nbclient drives with an
+    asynchronous client of its own: with a blocking client nbclient can neither time a cell out
+    nor notice a dead kernel. The warm-up uses a blocking client of its own, on a thread.
+    """
+
+    def __init__(self, workdir: Path, index: int, cwd: Path, env: dict[str, str]) -> None:
+        from jupyter_client.manager import AsyncKernelManager
+        from jupyter_core.utils import run_sync
+
+        self.log_path = workdir / f"kernel-{index}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed in shutdown)
+        # IPC sockets in our temp folder: nothing listens on a TCP port, not even on loopback.
+        self.km = AsyncKernelManager(kernel_name=KERNEL_NAME, transport="ipc", ip=str(workdir / f"kernel-{index}"))
+        run_sync(self.km.start_kernel)(cwd=str(cwd), env=env, stdout=self._log, stderr=self._log)
+        self._ready: Future[None] | None = None
+        self._closed = False
+
+    @property
+    def pid(self) -> int | None:
+        """The kernel's process id."""
+        return getattr(self.km.provisioner, "pid", None)
+
+    def warm_up(self, pool: ThreadPoolExecutor, timeout: float, modules: Sequence[str] = ()) -> None:
+        """Wait for the kernel and import ``modules`` in it, on a thread, while another notebook runs."""
+        self._ready = pool.submit(self._connect_and_import, timeout, modules)
+
+    def _connect_and_import(self, timeout: float, modules: Sequence[str] = ()) -> None:
+        from jupyter_client.blocking import BlockingKernelClient
+
+        # With the manager as parent, "is the kernel alive?" asks the process, not a heartbeat
+        # that a kernel still starting up has not begun to send.
+        kc = BlockingKernelClient(parent=self.km)
+        kc.load_connection_info(self.km.get_connection_info())
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=timeout)
+            # One module failing to import must not stop the others (the notebook will show it).
+            code = "\n".join(f"try:\n    __import__({m!r})\nexcept Exception:\n    pass" for m in modules)
+            msg_id = kc.execute(code, silent=True, store_history=False)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                reply = kc.get_shell_msg(timeout=max(deadline - time.monotonic(), 0.1))
+                if reply["parent_header"].get("msg_id") == msg_id:
+                    break
+        finally:
+            kc.stop_channels()
+
+    def ready(self, timeout: float) -> None:
+        """Wait until the kernel is up and warm (or connect and warm it now)."""
+        if self._ready is None:
+            self._connect_and_import(timeout)
+        else:
+            self._ready.result(timeout=timeout)
+
+    def interrupt(self) -> None:
+        """SIGINT to the kernel: the running cell raises KeyboardInterrupt (safe in a signal handler)."""
+        pid = self.pid
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(os.getpgid(pid), signal.SIGINT)
+
+    def kill(self) -> None:
+        """SIGKILL to the kernel's process group."""
+        pid = self.pid
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+    def shutdown(self) -> None:
+        """Stop the kernel and release its sockets and files (main thread only)."""
+        from jupyter_core.utils import run_sync
+
+        if self._closed:
+            return
+        self._closed = True
+        if self._ready is not None:
+            with contextlib.suppress(Exception):
+                self._ready.result(timeout=30)  # let a warm-up thread finish with its client
+        try:
+            # Idle by now (its notebook is over, or its cell was interrupted): nothing in it is
+            # left to save, so it is stopped at once rather than asked and waited for.
+            with contextlib.suppress(Exception):
+                run_sync(self.km.shutdown_kernel)(now=True)
+            if self.km.has_kernel:
+                self.kill()
+            with contextlib.suppress(Exception):
+                run_sync(self.km.cleanup_resources)()
+        finally:
+            self._log.close()
+
+    def log_tail(self, n: int = 2000) -> str:
+        """The end of what the kernel process printed (for a kernel that died)."""
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+
+class _Stop:
+    """Turns SIGTERM and SIGINT into an interrupt of the running cell, then a KILLED batch.
+
+    The first signal interrupts the current kernel (or, between notebooks, raises at once); the
+    kernel is killed if it has not stopped ``grace`` seconds later. A second signal raises.
+    """
+
+    def __init__(self, grace: float) -> None:
+        self.signum: int | None = None
+        self.kernel: _Kernel | None = None
+        self.grace = grace
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Stop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        first = self.signum is None
+        self.signum = signum
+        kernel = self.kernel
+        if first and kernel is not None:
+            log.warning("signal %d: interrupting the running cell", signum)
+            kernel.interrupt()
+            timer = threading.Timer(self.grace, kernel.kill)
+            timer.daemon = True
+            timer.start()
+            return
+        self.raise_now()
+
+    def raise_now(self) -> None:
+        """Raise what ends the batch run KILLED (and the process with 143 or 130)."""
+        if self.signum == signal.SIGTERM:
+            raise store.Terminated()
+        raise KeyboardInterrupt
+
+    def check(self, **_: Any) -> None:
+        """An nbclient hook: stop before the next cell once a signal came."""
+        if self.signum is not None:
+            self.raise_now()
+
+
+def warm_modules(nb: Notebook) -> list[str]:
+    """What ``nb``'s kernel imports ahead: the modules its code cells import, and the libraries
+    those use (:data:`WARM_ALWAYS`, and :data:`WARM_TRACKING` when it uses the store)."""
+    import ast
+    import json
+
+    found: list[str] = []
+    cells = json.loads(nb.path.read_text(encoding="utf-8"))["cells"]
+    for cell in cells:
+        if cell.get("cell_type") != "code":
+            continue
+        lines = "".join(cell.get("source", [])).splitlines()
+        found += [ln.split()[1] for ln in lines if ln.startswith("%load_ext ") and len(ln.split()) > 1]
+        try:
+            tree = ast.parse("\n".join(ln for ln in lines if not ln.lstrip().startswith(("%", "!"))))
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                found += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                # ``from a import b``: b may be a module of its own (importing it is then tried).
+                found += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+    tracking = any(m.startswith(TRACKING_MODULES) for m in found)
+    return list(dict.fromkeys([*WARM_ALWAYS, *(WARM_TRACKING if tracking else ()), *found]))
+
+
+def batch_tags(notebooks: Sequence[Notebook], cfg: Config) -> dict[str, str]:
+    """The batch run's tags: what ran (notebook hashes), with which code and environment."""
+    dists = provenance.installed()
+    env = provenance.environment(dists)
+    tags = {
+        "mnistops.run_type": "notebook_batch",
+        "mnistops.version": mnistops.__version__,
+        "mnistops.config_hash": cfg.hash(),
+        "mnistops.notebooks": ",".join(nb.name for nb in notebooks),
+        "mnistops.env_hash": provenance.environment_hash(env),
+        "env.python": env["python"],
+        "env.os": env["os"],
+        "env.machine": env["machine"],
+        "env.cpu_count": str(env["cpu_count"]),
+        "mlflow.runName": cfg.tracking.run_name or "notebooks",
+    }
+    tags.update({f"env.pkg.{k}": v for k, v in env["packages"].items()})
+    tags.update({f"mnistops.notebook.{nb.name}.sha256": nb.sha256 for nb in notebooks})
+    for role, info in provenance.code_versions().items():
+        tags.update(info.tags(f"git.{role}"))
+    if "git.code.commit" in tags:
+        tags["mlflow.source.git.commit"] = tags["git.code.commit"]
+    return tags
+
+
+def _param_text(value: Any) -> str:
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _end_orphans(uri: str, batch_id: str, status: str) -> list[str]:
+    """End every run nested under the batch that is still RUNNING (its kernel is gone)."""
+    c = store.client(uri)
+    run = c.get_run(batch_id)
+    stale = c.search_runs([run.info.experiment_id],
+                          f"tags.`mlflow.parentRunId` = '{batch_id}' and attributes.status = 'RUNNING'")  # fmt: skip
+    for r in stale:
+        c.set_tag(r.info.run_id, "mnistops.ended_by", f"notebook batch {batch_id} ({status.lower()})")
+        c.set_terminated(r.info.run_id, status)
+    return [r.info.run_id for r in stale]
+
+
+def _describe_failure(nb: Notebook, exc: BaseException) -> tuple[str, int | None]:
+    """One line naming the notebook, the cell and the error."""
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        cell = exc.exec_count
+        evalue = str(exc.evalue).strip().splitlines()[0] if str(exc.evalue).strip() else ""
+        what = f"{exc.ename}: {evalue}" if evalue else exc.ename
+        return f"notebook {nb.name} failed at cell In [{cell}]: {what}", cell
+    if isinstance(exc, CellTimeoutError):
+        return f"notebook {nb.name}: a cell ran past the time limit ({str(exc).splitlines()[0]})", None
+    if isinstance(exc, DeadKernelError):
+        return f"notebook {nb.name}: the kernel died ({str(exc).splitlines()[0]})", None
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, RuntimeError) and "kernel" in first.lower():
+        return f"notebook {nb.name}: its kernel did not start ({first}); see the kernel output above", None
+    return f"notebook {nb.name}: {type(exc).__name__}: {first}", None
+
+
+def run_batch(
+    notebooks: Sequence[Notebook],
+    parameters: dict[str, dict[str, Any]],
+    cfg: Config,
+    out_base: Path,
+    progress: BatchProgress | None = None,
+    cell_timeout: float | None = None,
+    start_timeout: float = 120.0,
+    grace: float = 20.0,
+    cwd: Path | None = None,
+) -> BatchResult:
+    """Run ``notebooks`` in order, each with its ``parameters``, recorded as one MLflow run.
+
+    Args:
+        notebooks: the batch, in run order.
+        parameters: values to inject, by notebook name (see :mod:`mnistops.runner.params`).
+        cfg: the resolved config (where the store is, the experiment; logged as ``config.yaml``).
+        out_base: the folder under which ``<when>-<run id>/`` is made for the executed copies.
+        progress: receives progress events.
+        cell_timeout: seconds a cell may run (None: no limit).
+        start_timeout: seconds a kernel may take to start.
+        grace: seconds a kernel has to stop after an interrupt before it is killed.
+        cwd: the kernels' working directory (default: this process's).
+
+    Raises:
+        BatchFailed: a notebook failed (its message is one line); the batch run ended FAILED.
+        KeyboardInterrupt, Terminated: a signal stopped the batch; the batch run ended KILLED.
+    """
+    batch = _Batch(notebooks, parameters, cfg, progress or NullProgress(), cell_timeout, start_timeout, grace)
+    _make_out_base(out_base)
+    with contextlib.ExitStack() as stack:
+        batch.work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mnistops-batch-")))
+        batch.io = stack.enter_context(ThreadPoolExecutor(2, thread_name_prefix="mnistops-batch-io"))
+        batch.warm = stack.enter_context(ThreadPoolExecutor(2, thread_name_prefix="mnistops-batch-warm"))
+        stack.callback(_shutdown_all, batch.kernels)
+        # The first kernels boot and import their libraries while this process imports MLflow
+        # and opens the store: on two cores, both are done in the time of the longer one.
+        batch.start_kernels(upto=2, cwd=cwd or Path.cwd())
+        batch.io.submit(_warm_html)
+        store.check_store(batch.uri)
+        tags = batch_tags(notebooks, cfg)
+        run = stack.enter_context(store.tracked_run(batch.uri, cfg.tracking.experiment, tags["mlflow.runName"], tags))
+        log.info("batch run %s opened in %s", run.info.run_id, batch.uri)
+        gc_phases.resume()  # start-up is over (see gc_phases)
+        stop = stack.enter_context(_Stop(grace))
+        return batch.run(run.info.run_id, out_base, stop, cwd or Path.cwd())
+    raise AssertionError("unreachable")  # pragma: no cover  (the ExitStack never swallows)
+
+
+def _make_out_base(out_base: Path) -> None:
+    """The folder for executed copies (asked for, so made), or a one-line error before anything runs."""
+    try:
+        out_base.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out_base, prefix=".probe-")  # noqa: SIM115
+        probe.close()
+    except OSError as exc:
+        raise MnistopsError(f"cannot write executed notebooks to {out_base}: {exc.strerror}: pass --out DIR") from None
+
+
+class _Batch:
+    """The state of one batch while it runs (see :func:`run_batch`)."""
+
+    def __init__(self, notebooks: Sequence[Notebook], parameters: dict[str, dict[str, Any]], cfg: Config,
+                 progress: BatchProgress, cell_timeout: float | None, start_timeout: float,
+                 grace: float) -> None:  # fmt: skip
+        self.notebooks, self.parameters, self.cfg = notebooks, parameters, cfg
+        self.progress, self.cell_timeout, self.start_timeout = progress, cell_timeout, start_timeout
+        self.uri = store.absolute_uri(store.resolve_uri(cfg.tracking.uri))
+        self.env = {**os.environ, "MLFLOW_TRACKING_URI": self.uri, "MLFLOW_DISABLE_TELEMETRY": "true",
+                    "PYDEVD_DISABLE_FILE_VALIDATION": "1"}  # fmt: skip
+        self.kernels: list[_Kernel] = []
+        self.logged: list[Future[None]] = []
+        self.work = Path()
+        self.io: ThreadPoolExecutor
+        self.warm: ThreadPoolExecutor
+
+    def start_kernels(self, upto: int, cwd: Path) -> None:
+        """Make sure the kernels of notebooks ``0..upto`` are started (each warms up in turn)."""
+        while len(self.kernels) <= min(upto, len(self.notebooks) - 1):
+            kernel = _Kernel(self.work, len(self.kernels), cwd, self.env)
+            kernel.warm_up(self.warm, self.start_timeout, warm_modules(self.notebooks[len(self.kernels)]))
+            self.kernels.append(kernel)
+
+    def run(self, run_id: str, out_base: Path, stop: _Stop, cwd: Path) -> BatchResult:
+        when = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        out_dir = out_base / f"{when}-{run_id}"
+        result = BatchResult(run_id, "RUNNING", str(out_dir), self.uri, self.cfg.tracking.experiment,
+                             [NotebookRun(nb.name) for nb in self.notebooks])  # fmt: skip
+        try:
+            _log_batch_inputs(self.cfg, self.parameters)
+            out_dir.mkdir()
+            t_batch = time.perf_counter()
+            for i, nb in enumerate(self.notebooks):
+                stop.check()
+                self.start_kernels(upto=i + 2, cwd=cwd)  # two kernels ahead of the running notebook
+                self._run_one(i, nb, result, out_dir, stop)
+            _finish_logging(self.logged)
+            _log_metric(self.uri, run_id, "time_total_s", round(time.perf_counter() - t_batch, 3))
+            result.status = "FINISHED"
+            return result
+        finally:
+            for rec in result.notebooks:
+                if rec.status == "pending":
+                    rec.status = "not run"
+
+    def _params(self, nb: Notebook, result: BatchResult) -> dict[str, Any]:
+        params = dict(self.parameters.get(nb.name, {}))
+        if "batch_run_id" in nb.parameters:
+            params["batch_run_id"] = result.run_id
+        if "run_id" in nb.parameters and result.training_run_id and "run_id" not in params:
+            params["run_id"] = result.training_run_id
+        return params
+
+    def _run_one(self, i: int, nb: Notebook, result: BatchResult, out_dir: Path, stop: _Stop) -> None:
+        record, kernel, run_id = result.notebooks[i], self.kernels[i], result.run_id
+        out_nb = out_dir / nb.path.name
+        record.status, record.ipynb = "running", str(out_nb)
+        t0 = time.perf_counter()
+        stop.kernel = kernel
+        failure: BaseException | None = None
+        try:
+            kernel.ready(self.start_timeout)
+            log.info("%s: kernel ready after %.2f s of waiting", nb.name, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            _execute(nb, out_nb, self._params(nb, result), kernel, self.progress, stop, self.cell_timeout)
+        except BaseException as exc:  # papermill's and nbclient's errors, ours, and signals
+            failure = exc
+        finally:
+            stop.kernel = None
+            record.seconds = round(time.perf_counter() - t0, 3)
+        if out_nb.exists():
+            self.logged.append(self.io.submit(_render_and_log, self.uri, run_id, out_nb, record))
+        if "batch_run_id" in nb.parameters:
+            _read_training(self.uri, run_id, result)
+        if stop.signum is None and failure is None:
+            record.status = "completed"
+            self.progress.notebook_finished(record)
+            _log_metric(self.uri, run_id, f"time_{nb.name}_s", record.seconds)
+            kernel.shutdown()  # its work is done; the next notebook has its own
+            return
+        kernel.shutdown()  # before its runs are ended: nothing in it may write to them afterwards
+        if stop.signum is not None:
+            record.status, record.error = "killed", f"stopped by signal {stop.signum}"
+            self._end(result, "KILLED", record, {"mnistops.batch.stopped_at": nb.name})
+            stop.raise_now()
+        assert failure is not None
+        if not isinstance(failure, Exception):
+            raise failure
+        message, record.cell = _describe_failure(nb, failure)
+        if ("died" in message or "did not start" in message) and kernel.log_tail().strip():
+            log.error("kernel output:\n%s", kernel.log_tail())
+        record.status, record.error = "failed", message
+        result.error = message
+        self._end(result, "FAILED", record, {"mnistops.batch.failed_notebook": nb.name,
+                                             "mnistops.batch.error": message[:5000]})  # fmt: skip
+        raise BatchFailed(message, result)
+
+    def _end(self, result: BatchResult, status: str, record: NotebookRun, tags: dict[str, str]) -> None:
+        """After a failure or a signal: the record, the copies logged, no run left RUNNING."""
+        self.progress.notebook_finished(record)
+        _finish_logging(self.logged)
+        result.status = status
+        _end_orphans(self.uri, result.run_id, status)
+        c = store.client(self.uri)
+        for key, value in tags.items():
+            c.set_tag(result.run_id, key, value)
+
+
+def _execute(nb: Notebook, out_nb: Path, params: dict[str, Any], kernel: _Kernel, progress: BatchProgress,
+             stop: _Stop, cell_timeout: float | None) -> None:  # fmt: skip
+    """papermill, on our kernel and client, with hooks for progress and signals."""
+    import papermill
+    from papermill.engines import papermill_engines
+
+    if "mnistops" not in papermill_engines._engines:
+        papermill_engines.register("mnistops", _engine())
+
+    def on_notebook_start(notebook: Any = None, **_: Any) -> None:
+        progress.notebook_started(nb.name, len(notebook.cells) if notebook is not None else 0)
+
+    def on_cell_start(cell: Any = None, cell_index: int = 0, **_: Any) -> None:
+        stop.check()
+        first = next((ln for ln in str(cell.source).splitlines() if ln.strip()), "") if cell is not None else ""
+        progress.cell_started(nb.name, cell_index, first[:80])
+
+    papermill.execute_notebook(
+        str(nb.path), str(out_nb), parameters=params, engine_name="mnistops", kernel_name=KERNEL_NAME,
+        progress_bar=False, km=kernel.km, execution_timeout=cell_timeout, coalesce_streams=True,
+        on_notebook_start=on_notebook_start, on_cell_start=on_cell_start, on_cell_complete=stop.check,
+    )  # fmt: skip
+
+
+def _engine() -> Any:
+    """papermill's nbclient engine on our kernel, closing the client nbclient makes for it (it
+    leaves the sockets of a client open when it does not own the kernel)."""
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NBClientEngine
+    from papermill.log import logger
+
+    class Engine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, log_output: bool = False,
+                                     stdout_file: Any = None, stderr_file: Any = None, start_timeout: int = 60,
+                                     execution_timeout: float | None = None, **kwargs: Any) -> Any:  # fmt: skip
+            kwargs.pop("input_path", None)
+            client = PapermillNotebookClient(nb_man, timeout=execution_timeout, startup_timeout=start_timeout,
+                                             kernel_name=kernel_name, log=logger, log_output=log_output,
+                                             stdout_file=stdout_file, stderr_file=stderr_file, **kwargs)  # fmt: skip
+            try:
+                return client.execute()
+            finally:
+                if client.kc is not None:
+                    client.kc.stop_channels()
+
+    return Engine
+
+
+def _shutdown_all(kernels: list[_Kernel]) -> None:
+    for kernel in kernels:
+        kernel.shutdown()
+
+
+def _warm_html() -> None:
+    from mnistops.runner import html
+
+    html.warm_up()
+
+
+def _render_and_log(uri: str, run_id: str, out_nb: Path, record: NotebookRun) -> None:
+    """HTML of an executed copy, then both files into the batch run's ``notebooks/``."""
+    from mnistops.runner import html
+
+    c = store.client(uri)
+    c.log_artifact(run_id, str(out_nb), "notebooks")
+    t0 = time.perf_counter()
+    try:
+        page = html.render(out_nb, out_nb.with_suffix(".html"))
+        log.info("%s rendered in %.2f s", page.name, time.perf_counter() - t0)
+    except Exception as exc:  # a page we cannot render must not hide the notebook's own outcome
+        log.error("could not render %s as HTML: %s", out_nb.name, exc)
+        return
+    record.html = str(page)
+    c.log_artifact(run_id, str(page), "notebooks")
+
+
+def _finish_logging(logged: list[Future[None]]) -> None:
+    for f in logged:
+        try:
+            f.result()
+        except Exception as exc:
+            log.error("could not log an executed notebook: %s", exc)
+    logged.clear()
+
+
+def _read_training(uri: str, batch_id: str, result: BatchResult) -> None:
+    """The training run the notebook recorded on the batch run, and its headline metrics."""
+    tags = store.client(uri).get_run(batch_id).data.tags
+    run_id = tags.get("mnistops.training_run_id")
+    if not run_id:
+        return
+    result.training_run_id = run_id
+    result.training_cached = tags.get("mnistops.training_cached") == "true"
+    metrics = store.client(uri).get_run(run_id).data.metrics
+    result.training_metrics = {k: metrics[k] for k in HEADLINE if k in metrics}
+
+
+def _log_metric(uri: str, run_id: str, key: str, value: float | None) -> None:
+    if value is not None:
+        store.client(uri).log_metric(run_id, key, value)
+
+
+def _log_batch_inputs(cfg: Config, parameters: dict[str, dict[str, Any]]) -> None:
+    """The injected values (one param per name), the resolved config and the environment lock."""
+    import mlflow
+
+    values: dict[str, str] = {}
+    for params in parameters.values():
+        for name, value in params.items():
+            values[name] = _param_text(value)[:6000]
+    if values:
+        mlflow.log_params(values)
+    mlflow.log_text(dump_yaml(cfg), "config.yaml")
+    mlflow.log_dict(parameters, "parameters.json")
+    mlflow.log_text(provenance.environment_lock(), "environment/requirements.lock.txt")

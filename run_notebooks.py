@@ -1,0 +1,12 @@
+#!/usr/bin/env python3
+"""Run the notebook suite with papermill: ``python run_notebooks.py --help``.
+
+Thin on purpose: the runner lives in ``mnistops.runner`` (tested there), shared with the CLI.
+"""
+
+from pathlib import Path
+
+from mnistops.runner.cli import main
+
+if __name__ == "__main__":
+    main(root=Path(__file__).resolve().parent)

@@ -1,0 +1,175 @@
+"""The runner's plan: which notebooks, what each declares, what each is given (no kernels here)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from mnistops.config import load_config
+from mnistops.errors import ConfigError, DataError
+from mnistops.runner import params
+from mnistops.runner.notebooks import default_value, discover, parse_parameters, read
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+
+
+def write_notebook(path: Path, parameters: str, batch: bool = True) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    if not batch:
+        nb.metadata["mnistops"] = {"batch": False}
+    nb.cells = [nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("x = 1")]  # fmt: skip
+    nbformat.write(nb, path)
+    return path
+
+
+def test_the_suite_in_run_order_with_what_each_declares() -> None:
+    suite = discover(NOTEBOOKS)
+    assert [nb.name for nb in suite] == ["01_explore", "02_validate", "03_train", "04_evaluate"]
+    by_name = {nb.name: nb for nb in suite}
+    train = by_name["03_train"].parameters
+    assert {"dataset", "seed", "split", "model", "n_estimators", "max_depth", "model_params", "overrides",
+            "config_file", "batch_run_id"} <= set(train)  # fmt: skip
+    assert train["n_estimators"].type == "int" and default_value(train["n_estimators"]) == 120
+    assert train["n_estimators"].help.startswith("trees")
+    assert set(by_name["04_evaluate"].parameters) == {"run_id", "experiment", "promote"}
+    assert all(len(nb.sha256) == 64 for nb in suite)
+
+
+def test_our_parameter_parser_reads_every_notebook_as_papermill_does() -> None:
+    import papermill
+
+    for nb in discover(NOTEBOOKS):
+        theirs = papermill.inspect_notebook(str(nb.path))
+        ours = {n: (p.type if p.type != "any" else "None", p.default, p.help) for n, p in nb.parameters.items()}
+        assert ours == {n: (p["inferred_type_name"], p["default"], p["help"]) for n, p in theirs.items()}
+
+
+def test_our_parameter_parser_on_the_cases_papermill_handles_oddly() -> None:
+    from nbformat.v4 import new_code_cell
+    from papermill.translators import PythonTranslator
+
+    source = 'a: int = 1  # one\nb = {"x": 1,\n     "y": 2}  # spans lines\nc: str = "k=v"  # two "=": skipped\n# c\n'
+    ours = parse_parameters(source)
+    theirs = PythonTranslator.inspect(new_code_cell(source))
+    assert [(p.name, p.default, p.help) for p in ours.values()] == [(p.name, p.default, p.help) for p in theirs]
+    assert list(ours) == ["a", "b"]
+
+
+def test_content_hash_ignores_outputs_but_not_code(tmp_path: Path) -> None:
+    path = write_notebook(tmp_path / "01_a.ipynb", "n: int = 1")
+    before = read(path).sha256
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="hello")]
+    nb.cells[1].execution_count = 3
+    nbformat.write(nb, path)
+    assert read(path).sha256 == before
+    nb.cells[1].source = "x = 2"
+    nbformat.write(nb, path)
+    assert read(path).sha256 != before
+
+
+def test_only_picks_by_name_file_or_number_and_keeps_run_order(tmp_path: Path) -> None:
+    for name in ("01_a", "02_b", "03_c"):
+        write_notebook(tmp_path / f"{name}.ipynb", "n: int = 1")
+    write_notebook(tmp_path / "05_server.ipynb", "port: int = 0", batch=False)
+    (tmp_path / "scratch.ipynb").write_text("{}")  # not numbered: never part of a batch
+    assert [nb.name for nb in discover(tmp_path)] == ["01_a", "02_b", "03_c"]
+    assert [nb.name for nb in discover(tmp_path, ["03", "01_a.ipynb", "05_server"])] == ["01_a", "03_c", "05_server"]
+    with pytest.raises(ConfigError, match=r"--only '04' names no notebook: choose from 01_a, 02_b, 03_c, 05_server"):
+        discover(tmp_path, ["04"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        discover(tmp_path / "missing")
+
+
+def test_a_broken_notebook_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "01_bad.ipynb").write_text("not json")
+    with pytest.raises(DataError, match=r"cannot read notebook .*01_bad\.ipynb.*Jupyter \.ipynb"):
+        discover(tmp_path)
+
+
+def test_p_values_are_read_as_the_declared_type() -> None:
+    suite = discover(NOTEBOOKS)
+    cfg = load_config(environ={})
+    pairs = [("n_estimators", "7"), ("experiment", "007"), ("promote", "yes"),
+             ("model_params", "{min_samples_leaf: 2}"), ("test_size", "0.25")]  # fmt: skip
+    plan = params.plan(suite, cfg, pairs=pairs)
+    assert plan["03_train"]["n_estimators"] == 7
+    assert plan["04_evaluate"]["experiment"] == "007"  # a string stays a string (papermill makes it 7)
+    assert plan["04_evaluate"]["promote"] is True
+    assert plan["03_train"]["model_params"] == {"min_samples_leaf": 2}
+    assert plan["02_validate"]["test_size"] == plan["03_train"]["test_size"] == 0.25
+    with pytest.raises(ConfigError, match=r"-p n_estimators 'many': 03_train declares n_estimators as int"):
+        params.plan(suite, cfg, pairs=[("n_estimators", "many")])
+    with pytest.raises(ConfigError, match=r"-p overrides 'x': 03_train wants a list"):
+        params.plan(suite, cfg, pairs=[("overrides", "x")])
+
+
+def test_each_notebook_gets_only_what_it_declares_config_then_files_then_p(tmp_path: Path) -> None:
+    suite = discover(NOTEBOOKS)
+    cfg = load_config(ROOT / "configs" / "random_forest.yaml", ["seed=7"], environ={})
+    file = tmp_path / "p.yaml"
+    file.write_text("samples_per_class: 3\nseed: 8\n")
+    plan = params.plan(suite, cfg, files=[file], pairs=[("seed", "9")])
+    assert plan["01_explore"] == {"dataset": "mnist", "source": "auto", "seed": 9, "samples_per_class": 3}
+    assert plan["03_train"]["n_estimators"] == 150 and plan["03_train"]["max_depth"] == 25
+    assert plan["03_train"]["seed"] == 9
+    assert plan["04_evaluate"] == {}
+    plan = params.plan(suite, cfg, files=[file])
+    assert plan["02_validate"]["seed"] == 8
+
+
+def test_an_undeclared_name_is_refused_with_every_notebooks_parameters(tmp_path: Path) -> None:
+    suite = discover(NOTEBOOKS)
+    cfg = load_config(environ={})
+    with pytest.raises(ConfigError) as exc:
+        params.plan(suite, cfg, pairs=[("n_trees", "7")])
+    message = str(exc.value)
+    assert message.startswith("-p n_trees: no notebook of this batch declares it; they declare 01_explore: dataset")
+    assert "03_train: dataset: str" in message and "n_estimators: int" in message and "\n" not in message
+    file = tmp_path / "p.yaml"
+    file.write_text("n_trees: 7\n")
+    with pytest.raises(ConfigError, match=r"-f .*p\.yaml: n_trees: no notebook of this batch declares it"):
+        params.plan(suite, cfg, files=[file])
+    file.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="must hold a mapping of parameter names"):
+        params.plan(suite, cfg, files=[file])
+    with pytest.raises(ConfigError, match="no such file"):
+        params.plan(suite, cfg, files=[tmp_path / "none.yaml"])
+
+
+def test_without_config_the_base_is_the_training_notebooks_defaults() -> None:
+    from mnistops.config import notebook_mapping
+
+    base = params.base_config_values(discover(NOTEBOOKS))
+    cfg = load_config(None, [], environ={}, base=notebook_mapping(base))
+    seed = load_config(ROOT / "configs" / "seed.yaml", environ={})
+    assert cfg.hash() == seed.hash()  # `make run` trains what configs/seed.yaml says
+
+
+def test_the_runner_refuses_before_anything_runs(tmp_path: Path) -> None:
+    """An undeclared parameter: exit 2, one line, no store, no output folder."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run_notebooks.py"), "-p", "n_trees", "7", "--out", str(tmp_path / "out")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: -p n_trees: no notebook of this batch declares it")
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no store, no outputs
+
+
+def test_run_notebooks_help_names_every_option() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "run_notebooks.py"), "--help"], capture_output=True, text=True,
+                          check=True)  # fmt: skip
+    for option in ("--config", "--set", "-p NAME VALUE", "-f PARAMS.yaml", "--only", "--out", "--json"):
+        assert option in proc.stdout
