@@ -8,6 +8,7 @@ the child's own ``ru_maxrss`` from ``os.wait4``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -54,3 +55,41 @@ def _self_test() -> None:  # pragma: no cover - run by hand: python benchmarks/_
 
 if __name__ == "__main__":
     _self_test()
+
+
+def measure_tree(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, interval: float = 0.05
+                 ) -> dict[str, object]:  # fmt: skip
+    """Run ``cmd``; return wall seconds, the peak of the summed RSS of it and every descendant
+    (a notebook batch is a runner plus kernel processes), exit code and output.
+
+    The RSS is sampled every ``interval`` seconds, so a peak shorter than that can be missed.
+    """
+    import time
+
+    import psutil
+
+    out_path, err_path = cwd / ".bench.out", cwd / ".bench.err"
+    peak = 0
+    t0 = time.perf_counter()
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=out, stderr=err)
+        root = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            total = 0
+            with contextlib.suppress(psutil.Error):
+                for p in [root, *root.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):  # it may end between the listing and the read
+                        total += p.memory_info().rss
+            peak = max(peak, total)
+            time.sleep(interval)
+    wall = time.perf_counter() - t0
+    result = {
+        "wall_s": round(wall, 3),
+        "peak_rss_mb": round(peak / 2**20, 1),
+        "returncode": proc.returncode,
+        "stdout": out_path.read_text(),
+        "stderr_tail": err_path.read_text()[-2000:],
+    }
+    out_path.unlink()
+    err_path.unlink()
+    return result

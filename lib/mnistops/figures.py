@@ -12,12 +12,17 @@ from pathlib import Path
 from typing import Any
 
 
-def new_figure(width: float, height: float, dpi: int = 100) -> Any:
-    """A blank ``Figure`` of ``width`` x ``height`` inches with an Agg canvas attached."""
+def new_figure(width: float, height: float, dpi: int = 100, layout: str | None = None) -> Any:
+    """A blank ``Figure`` of ``width`` x ``height`` inches with an Agg canvas attached.
+
+    Figures set their margins themselves (``subplots_adjust``): a layout engine (``layout=
+    "constrained"``) or trimming afterwards (``bbox_inches="tight"``) costs a second layout or
+    drawing pass, three times the time of the drawing itself for a small figure.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=dpi)
+    fig = Figure(figsize=(width, height), dpi=dpi, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -29,7 +34,7 @@ def save_png(fig: Any, path: Path) -> Path:
 
 
 def png_bytes(fig: Any) -> bytes:
-    """``fig`` as PNG bytes, trimmed to what is drawn (how a notebook shows it)."""
+    """``fig`` as PNG bytes (how a notebook shows it)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(buf, format="png", metadata={"Software": None})
     return buf.getvalue()

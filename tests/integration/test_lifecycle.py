@@ -236,32 +236,44 @@ def test_runs_list_and_compare(store: Path) -> None:
     assert "no run 'nope'" in one_line_error(run_cli("runs", "compare", a["run_id"], "nope"))
 
 
-def _commands(workflow: dict[str, Any]) -> list[list[str]]:
+def _commands(workflow: dict[str, Any], program: str) -> list[list[str]]:
     out = []
     for job in workflow["jobs"].values():
         for step in job["steps"]:
             for line in str(step.get("run", "")).splitlines():
                 words = line.split("|")[0].split(">>")[0].split()
-                if words[:1] == ["mnistops"]:
+                if words[:1] == [program]:
                     out.append(words[1:])
+                elif words[:2] == ["python", program]:
+                    out.append(words[2:])
     return out
 
 
-def test_workflow_runs_only_commands_the_cli_has() -> None:
+def test_workflow_runs_only_commands_that_exist() -> None:
+    from mnistops.runner.cli import parser
+
     path = ROOT / ".github" / "workflows" / "ci.yml"
     workflow = yaml.safe_load(path.read_text())
     triggers = workflow[True] if True in workflow else workflow["on"]  # YAML reads `on:` as True
     assert {"push", "pull_request"} <= set(triggers)
-    assert workflow["jobs"]["train"]["if"].startswith("github.ref == 'refs/heads/main'")
-    commands = _commands(workflow)
-    assert ["train", "--promote", "--json"] in commands
+    assert workflow["jobs"]["notebooks"]["if"].startswith("github.ref == 'refs/heads/main'")
+    steps = [str(s.get("run", "")) for j in workflow["jobs"].values() for s in j["steps"]]
+    assert any("pytest --nbval-lax notebooks" in s for s in steps)  # CI validates the notebooks
+    assert any("-c requirements.txt" in s for s in steps)  # with the locked versions
+    (batch,) = _commands(workflow, "run_notebooks.py")
+    args = parser().parse_args(batch)  # the runner accepts what CI passes
+    assert args.pairs == [["promote", "True"]] and args.as_json
+    commands = _commands(workflow, "mnistops")
+    assert ["data", "fetch"] in commands and ["runs", "list", "--limit", "10"] in commands
     for words in commands:
-        path_words = [w for w in words if not w.startswith("-")]
+        path_words = [w for w in words if not w.startswith("-") and not w.isdigit()]
         help_out = subprocess.run([sys.executable, "-m", "mnistops", *path_words, "--help"], capture_output=True,
                                   text=True, check=False)  # fmt: skip
         assert help_out.returncode == 0, words
         for option in (w for w in words if w.startswith("--")):
             assert option in help_out.stdout, (words, option)
+    uploads = [s for j in workflow["jobs"].values() for s in j["steps"] if "upload-artifact" in str(s.get("uses", ""))]
+    assert any("outputs/" in s["with"]["path"] for s in uploads)  # the executed notebooks, HTML included
     cached = [s for j in workflow["jobs"].values() for s in j["steps"] if "actions/cache" in str(s.get("uses", ""))]
     assert any(".cache/mnistops" in s["with"]["path"] for s in cached)
     assert any(s.get("with", {}).get("cache") == "pip" for j in workflow["jobs"].values() for s in j["steps"])

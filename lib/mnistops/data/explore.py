@@ -63,6 +63,7 @@ def class_balance_figure(table: Any) -> Any:
     ax.set_ylabel("share of split (%)")
     ax.set_title("class balance")
     ax.legend(loc="lower right", fontsize=8)
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.22 if max(map(len, table.index)) > 2 else 0.12)
     return fig
 
 
@@ -90,6 +91,8 @@ def sample_grid(ds: Dataset, per_class: int = 10, seed: int = 42) -> Any:
     ax.set_yticks(np.arange(n_classes) * 30 + 14.5, list(ds.class_names), fontsize=8)
     ax.set_xticks([])
     ax.set_title(f"{per_class} random images per class (seed {seed})", fontsize=10)
+    left = 0.22 if max(map(len, ds.class_names)) > 2 else 0.08
+    fig.subplots_adjust(left=left, right=0.98, top=0.94, bottom=0.02)
     return fig
 
 
@@ -104,6 +107,7 @@ def mean_images(ds: Dataset) -> Any:
         ax.set_title(ds.class_names[c], fontsize=9)
         ax.axis("off")
     fig.suptitle("mean image per class", fontsize=10)
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.86, bottom=0.02, hspace=0.3)
     return fig
 
 
@@ -127,6 +131,7 @@ def ink_table(ds: Dataset) -> Any:
 def intensity_figure(ds: Dataset) -> Any:
     """Two panels per class: how intense the inked pixels are, and how much of an image is ink."""
     from matplotlib import colormaps
+    from matplotlib.ticker import NullFormatter, PercentFormatter
 
     colours = colormaps[_CMAP]
     flat = ds.images.reshape(ds.n_samples, -1)
@@ -136,10 +141,14 @@ def intensity_figure(ds: Dataset) -> Any:
     edges = np.arange(0, 257, 16)
     edges[0] = 1  # inked pixels only
     for c, name in enumerate(ds.class_names):
-        counts = np.bincount(flat[ds.labels == c].ravel(), minlength=256)
-        binned = np.add.reduceat(counts[1:], edges[:-1] - 1).astype(np.float64)
+        pixels = flat[ds.labels == c]
+        binned = np.bincount((pixels >> 4).ravel(), minlength=16).astype(np.float64)  # 16 levels of 16 values
+        binned[0] = np.count_nonzero(pixels) - binned[1:].sum()  # the first level without the blank pixels
         left.stairs(binned / max(binned.sum(), 1), edges, color=colours(c), lw=1.2, label=name)
     left.set_yscale("log")
+    left.set_yticks([0.01, 0.02, 0.05, 0.1, 0.2, 0.5])
+    left.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    left.yaxis.set_minor_formatter(NullFormatter())
     left.set_xlabel("pixel value (inked pixels only, bins of 16)")
     left.set_ylabel("share of inked pixels")
     left.set_title("pixel intensity", fontsize=10)
@@ -149,7 +158,8 @@ def intensity_figure(ds: Dataset) -> Any:
                      rotation=30 if max(map(len, ds.class_names)) > 2 else 0)  # fmt: skip
     right.set_ylabel("inked pixels (% of image)")
     right.set_title("ink per image", fontsize=10)
-    fig.subplots_adjust(wspace=0.25, bottom=0.18)
+    fig.subplots_adjust(left=0.07, right=0.99, top=0.92, bottom=0.18 if max(map(len, ds.class_names)) > 2 else 0.13,
+                        wspace=0.22)  # fmt: skip
     return fig
 
 
@@ -195,6 +205,7 @@ def embedding_figure(emb: Embedding, class_names: tuple[str, ...]) -> Any:
     ax.set_xlabel(f"PC 1 ({emb.explained[0]:.1%} of variance)")
     ax.set_ylabel(f"PC 2 ({emb.explained[1]:.1%} of variance)")
     ax.set_title(f"PCA of {len(emb.labels):,} images (class label at each class's median)", fontsize=10)
+    fig.subplots_adjust(left=0.1, right=0.98, top=0.94, bottom=0.09)
     return fig
 
 
@@ -234,4 +245,5 @@ def duplicates_figure(ds: Dataset, max_groups: int = 8) -> Any | None:
             split = "train" if ds.is_train[r] else "test"
             ax.set_title(f"row {int(r)}\n{ds.class_names[int(ds.labels[r])]} ({split})", fontsize=7)
             ax.axis("off")
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.88, bottom=0.02, hspace=0.6)
     return fig

@@ -99,4 +99,5 @@ def learning_curve_figure(curve: Any) -> Any:
         loss.legend(loc="center right", fontsize=8)
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("learning curve", fontsize=10)
+    fig.subplots_adjust(left=0.11, right=0.89 if "train_loss" in curve else 0.97, top=0.91, bottom=0.14)
     return fig

@@ -54,6 +54,12 @@ KERNEL_NAME = "python3"
 WARM_ALWAYS = ("numpy", "pandas", "matplotlib.figure", "matplotlib.backends.backend_agg", "IPython.display",
                "sklearn.model_selection", "sklearn.decomposition")  # fmt: skip
 WARM_TRACKING = ("mlflow", "mlflow.pyfunc", "sklearn.ensemble", "sklearn.metrics", "sklearn.model_selection")
+WARM_STORE = """
+try:
+    __import__("mnistops.tracking.store", fromlist=["_"]).check_store(__import__("os").environ["MLFLOW_TRACKING_URI"])
+except Exception:
+    pass
+"""
 TRACKING_MODULES = ("mnistops.pipeline", "mnistops.tracking", "mnistops.lifecycle", "mnistops.evaluate.analysis")
 HEADLINE = ("accuracy", "f1_macro", "f1_weighted", "log_loss")
 
@@ -168,6 +174,8 @@ class _Kernel:
             kc.wait_for_ready(timeout=timeout)
             # One module failing to import must not stop the others (the notebook will show it).
             code = "\n".join(f"try:\n    __import__({m!r})\nexcept Exception:\n    pass" for m in modules)
+            if "mlflow" in modules:  # and MLflow's store object for this URI, built once per process
+                code += WARM_STORE
             msg_id = kc.execute(code, silent=True, store_history=False)
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
@@ -208,6 +216,12 @@ class _Kernel:
         if self._ready is not None:
             with contextlib.suppress(Exception):
                 self._ready.result(timeout=30)  # let a warm-up thread finish with its client
+        with contextlib.suppress(Exception):
+            import psutil
+
+            cpu = psutil.Process(self.pid).cpu_times() if self.pid else None
+            if cpu is not None:
+                log.info("kernel %s used %.1f s of CPU", self.log_path.stem, cpu.user + cpu.system)
         try:
             # Idle by now (its notebook is over, or its cell was interrupted): nothing in it is
             # left to save, so it is stopped at once rather than asked and waited for.
@@ -443,7 +457,8 @@ class _Batch:
         self.warm: ThreadPoolExecutor
 
     def start_kernels(self, upto: int, cwd: Path) -> None:
-        """Make sure the kernels of notebooks ``0..upto`` are started (each warms up in turn)."""
+        """Make sure the kernels of notebooks ``0..upto`` are started; they warm up in run order,
+        two at a time."""
         while len(self.kernels) <= min(upto, len(self.notebooks) - 1):
             kernel = _Kernel(self.work, len(self.kernels), cwd, self.env)
             kernel.warm_up(self.warm, self.start_timeout, warm_modules(self.notebooks[len(self.kernels)]))

@@ -1,0 +1,103 @@
+"""The whole notebook suite against the seed notebook's pipeline, same machine, same run.
+
+Three commands, each on a fresh store, measured one after the other:
+
+* ``python run_notebooks.py --config configs/seed.yaml -p force True``: the four notebooks
+  (explore, validate, train, evaluate), each in its own kernel, every executed copy rendered as
+  HTML and logged to MLflow; the training notebook trains (no run cache);
+* ``mnistops train --config configs/seed.yaml``: the same training, from the CLI;
+* ``benchmarks/notebook_pipeline.py``: the seed notebook's own pipeline (120 trees, depth 20).
+
+Wall time and peak memory of each (memory: the summed RSS of the process and its children,
+sampled every 50 ms, since a batch is a runner plus its kernels). Target: the suite in at most
+1.25x the seed pipeline's wall time. Prints one JSON line (the median pair with --repeat N).
+
+Usage: python benchmarks/bench_notebooks.py [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _measure import measure_tree
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET_WALL_RATIO = 1.25
+
+
+def processor() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_once(work: Path) -> dict[str, dict[str, object]]:
+    base_env = {"MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONWARNINGS": "ignore"}
+    sides: dict[str, dict[str, object]] = {}
+    seed = str(ROOT / "configs" / "seed.yaml")
+    commands = {
+        "suite": [sys.executable, str(ROOT / "run_notebooks.py"), "--config", seed, "-p", "force", "True", "--json",
+                  "--out", "outputs"],
+        "train": [sys.executable, "-m", "mnistops", "train", "--config", seed, "--force", "--json"],
+        "seed_pipeline": [sys.executable, str(ROOT / "benchmarks" / "notebook_pipeline.py"), ".", "120", "20"],
+    }  # fmt: skip
+    for name, cmd in commands.items():
+        folder = work / name
+        folder.mkdir()
+        env = {**base_env, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
+        result = measure_tree(cmd, folder, env)
+        assert result["returncode"] == 0, (name, result["stderr_tail"])
+        out = json.loads(str(result["stdout"]).strip().splitlines()[-1] if name == "seed_pipeline" else
+                         str(result["stdout"]))  # fmt: skip
+        accuracy = {"suite": lambda o: o["training_metrics"]["accuracy"], "train": lambda o: o["metrics"]["accuracy"],
+                    "seed_pipeline": lambda o: o["accuracy"]}[name](out)  # fmt: skip
+        if name == "suite":
+            assert out["status"] == "FINISHED" and out["training_cached"] is False, out
+        sides[name] = {"wall_s": result["wall_s"], "peak_rss_mb": result["peak_rss_mb"], "accuracy": round(accuracy, 5)}
+    return sides
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=1, help="runs; the median (by suite/seed wall ratio) is shown")
+    args = parser.parse_args()
+    from mnistops.data import sources
+
+    sources.load("mnist")  # the data cache is filled before anything is timed
+    runs = []
+    for _ in range(args.repeat):
+        with tempfile.TemporaryDirectory(prefix="bench-notebooks-") as tmp:
+            sides = run_once(Path(tmp))
+        sides["ratios"] = {
+            "suite_wall_vs_seed": round(float(sides["suite"]["wall_s"]) / float(sides["seed_pipeline"]["wall_s"]), 3),
+            "train_wall_vs_seed": round(float(sides["train"]["wall_s"]) / float(sides["seed_pipeline"]["wall_s"]), 3),
+            "suite_rss_vs_seed": round(float(sides["suite"]["peak_rss_mb"]) /
+                                       float(sides["seed_pipeline"]["peak_rss_mb"]), 3),
+        }  # fmt: skip
+        runs.append(sides)
+    ratios = [r["ratios"]["suite_wall_vs_seed"] for r in runs]
+    median = runs[ratios.index(statistics.median_low(ratios))]
+    print(json.dumps({
+        "benchmark": "notebooks",
+        "processor": processor(),
+        "repeat": args.repeat,
+        **median,
+        "all_suite_wall_vs_seed": ratios,
+        "target_suite_wall_vs_seed": TARGET_WALL_RATIO,
+        "met": median["ratios"]["suite_wall_vs_seed"] <= TARGET_WALL_RATIO,
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
