@@ -12,17 +12,17 @@ from pathlib import Path
 from typing import Any
 
 
-def new_figure(width: float, height: float, dpi: int = 100, layout: str | None = None) -> Any:
+def new_figure(width: float, height: float, dpi: int = 100) -> Any:
     """A blank ``Figure`` of ``width`` x ``height`` inches with an Agg canvas attached.
 
-    Figures set their margins themselves (``subplots_adjust``): a layout engine (``layout=
-    "constrained"``) or trimming afterwards (``bbox_inches="tight"``) costs a second layout or
-    drawing pass, three times the time of the drawing itself for a small figure.
+    Figures set their margins themselves (``subplots_adjust``): a layout engine (constrained
+    layout) or trimming afterwards (``bbox_inches="tight"``) costs a second layout or drawing
+    pass, up to three times the time of the drawing itself for a small figure.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=dpi, layout=layout)
+    fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)
     return fig
 
