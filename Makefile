@@ -17,7 +17,7 @@ LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --upgrade pip
-	$(BIN)/python -m pip install -qq -c $(LOCK) -e '.[dev,cnn,lab]'
+	$(BIN)/python -m pip install -qq -c $(LOCK) -e '.[dev,cnn,lab,postgres]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -46,6 +46,10 @@ nbval: install ## every notebook runs top to bottom; checked cells print what is
 	$(BIN)/pytest --nbval-lax notebooks -p no:cacheprovider -q
 
 test: lint typecheck unit nbval ## lint, type-check, every test, then nbval over notebooks/
+
+test-fast: install ## the edit-test loop: lint, then the unit and data tests (no integration, nothing slow)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q -m "not integration and not slow"
 
 notebooks: install ## re-execute the notebooks and keep their outputs (see README: committed outputs)
 	$(BIN)/python -m mnistops.runner.committed notebooks/*.ipynb

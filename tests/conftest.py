@@ -21,6 +21,27 @@ from mnistops.data import sources
 from mnistops.data.dataset import Dataset
 
 CLOSED_MIRROR = "http://127.0.0.1:9/"
+INTEGRATION = Path(__file__).resolve().parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/integration is marked ``integration`` (left out of make test-fast)."""
+    for item in items:
+        if INTEGRATION in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _leaves_nothing_in_tmp() -> Iterator[None]:
+    """The whole session must leave nothing in the system's temporary folder but pytest's own
+    (``pytest-of-<user>``, which keeps each test's ``tmp_path`` for inspection)."""
+    import tempfile
+
+    tmp = Path(tempfile.gettempdir())
+    before = {p.name for p in tmp.iterdir()}
+    yield
+    left = sorted(p.name for p in tmp.iterdir() if p.name not in before and not p.name.startswith("pytest-of-"))
+    assert left == [], f"tests left these in {tmp}: {left}"
 
 
 @pytest.fixture(autouse=True)

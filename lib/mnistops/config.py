@@ -74,6 +74,7 @@ class TrackingConfig(_Strict):
     """Where runs are recorded. ``MLFLOW_TRACKING_URI`` overrides ``uri``."""
 
     uri: str | None = None
+    timeout: float = Field(5.0, gt=0, le=600)  # seconds a store may take to answer before we give up
     experiment: str = "mnistops"
     registered_model: str = "mnist-classifier"
     run_name: str | None = None
@@ -155,18 +156,49 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Config values from ``MNISTOPS_<SECTION>__<KEY>`` environment variables."""
+def _env_values(environ: Mapping[str, str] | None = None) -> dict[str, tuple[str, Any]]:
+    """Dotted key -> (variable name, value) of every ``MNISTOPS_<SECTION>__<KEY>`` variable."""
     environ = os.environ if environ is None else environ
     sections = set(Config.model_fields)
-    out: dict[str, Any] = {}
+    out: dict[str, tuple[str, Any]] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
         if parts[0] in sections:
-            _set_dotted(out, ".".join(parts), _parse_value(raw))
+            out[".".join(parts)] = (name, _parse_value(raw))
     return out
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Config values from ``MNISTOPS_<SECTION>__<KEY>`` environment variables."""
+    out: dict[str, Any] = {}
+    for key, (_, value) in _env_values(environ).items():
+        _set_dotted(out, key, value)
+    return out
+
+
+def read_yaml_mapping(p: Path, what: str = "config file") -> dict[str, Any]:
+    """The mapping a YAML file holds (a config file, a ``-f`` parameters file), with one-line
+    errors that name the file as ``what`` and keep a YAML error's line and column."""
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {p} does not exist: give the path of a YAML file") from None
+    except yaml.MarkedYAMLError as exc:
+        mark, start = exc.problem_mark or exc.context_mark, exc.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        context = str(exc.context or "")
+        if context and start is not None and start is not mark:
+            context += f" (from line {start.line + 1}, column {start.column + 1})"
+        problem = " ".join(part for part in (context, str(exc.problem or "")) if part)
+        raise ConfigError(f"{what} {p}{where}: {problem}: fix the YAML there") from None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"cannot read {what} {p}: {first}") from None
+    if not isinstance(loaded, dict) or not all(isinstance(k, str) for k in loaded):
+        raise ConfigError(f"{what} {p} must hold a mapping of names to values, not {type(loaded).__name__}")
+    return loaded
 
 
 def load_config(
@@ -177,60 +209,81 @@ def load_config(
 ) -> Config:
     """Build the config: environment, then ``base`` or the YAML file, then ``--set KEY=VALUE`` overrides.
 
-    ``base`` is a mapping that plays the file's part (a notebook's parameters, say).
+    ``base`` is a mapping that plays the file's part (a notebook's parameters, say). An error
+    names the key, where its value came from (the variable, the file, the ``--set``) and, for a
+    key that does not exist, the closest one that does.
 
     Raises:
         ConfigError: unreadable file, malformed override, unknown key, wrong type or value.
     """
-    merged = env_overrides(environ)
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for key, (name, value) in _env_values(environ).items():
+        _set_dotted(merged, key, value)
+        origin[key] = f"environment variable {name}"
     if base is not None:
         merged = _deep_merge(merged, base)
+        origin.update({key: "the notebook's parameters" for key in _flatten(base)})
     if path is not None:
-        p = Path(path)
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {p} does not exist: give the path of a YAML file") from None
-        except (OSError, yaml.YAMLError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ConfigError(f"cannot read config file {p}: {first}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping of sections, not {type(loaded).__name__}")
+        loaded = read_yaml_mapping(Path(path))
         merged = _deep_merge(merged, loaded)
+        origin.update({key: f"config file {path}" for key in _flatten(loaded)})
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r} is not KEY=VALUE: write e.g. --set model.params.n_estimators=120")
         _set_dotted(merged, key.strip(), _parse_value(value))
-    return build_config(merged)
+        origin[key.strip()] = f"--set {item}"
+    return build_config(merged, origin)
 
 
-def build_config(data: Mapping[str, Any]) -> Config:
-    """Validate a plain mapping into a :class:`Config`, with one-line errors."""
+def build_config(data: Mapping[str, Any], origin: Mapping[str, str] | None = None) -> Config:
+    """Validate a plain mapping into a :class:`Config`, with one-line errors.
+
+    ``origin`` maps dotted keys to where their values came from, for the messages.
+    """
     from mnistops.train.models import PARAMS
 
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, data, ())) from None
+        raise ConfigError(_describe(exc, data, (), origin or {})) from None
     try:
         PARAMS[cfg.model.name].model_validate(cfg.model.params)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, data, ("model", "params"))) from None
+        raise ConfigError(_describe(exc, data, ("model", "params"), origin or {})) from None
     return cfg
 
 
-def _describe(exc: ValidationError, data: Mapping[str, Any], prefix: tuple[str, ...]) -> str:
+def _origin_of(key: str, origin: Mapping[str, str]) -> str:
+    """Where the value at ``key`` (or under it, or above it) came from: `` (from ...)``, or nothing."""
+    if key in origin:
+        return f" (from {origin[key]})"
+    below = [k for k in origin if k.startswith(key + ".")]
+    if below:
+        return f" (from {origin[below[-1]]})"
+    above = [k for k in origin if key.startswith(k + ".")]
+    return f" (from {origin[max(above, key=len)]})" if above else ""
+
+
+def _describe(exc: ValidationError, data: Mapping[str, Any], prefix: tuple[str, ...],
+              origin: Mapping[str, str]) -> str:  # fmt: skip
+    import difflib
+
     err = exc.errors()[0]
     loc = [*prefix, *(str(p) for p in err["loc"])]
     key = ".".join(loc) or "(root)"
+    source = _origin_of(key, origin)
     if err["type"] == "extra_forbidden":
-        return f"unknown config key {key}: allowed keys here are {', '.join(_allowed_keys(loc[:-1], data))}"
+        allowed = _allowed_keys(loc[:-1], data)
+        close = difflib.get_close_matches(loc[-1], allowed, n=1, cutoff=0.6)
+        hint = f"did you mean {'.'.join([*loc[:-1], close[0]])}? " if close else ""
+        return f"unknown config key {key}{source}: {hint}allowed keys here are {', '.join(allowed)}"
     got = err.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
     msg = err["msg"]
     more = f"; {len(exc.errors()) - 1} more problem(s)" if len(exc.errors()) > 1 else ""
-    return f"config key {key}: {msg}{shown}{more}"
+    return f"config key {key}{source}: {msg}{shown}{more}"
 
 
 def _allowed_keys(section: list[str], data: Mapping[str, Any]) -> list[str]:

@@ -43,6 +43,10 @@ class RunNotFoundError(TrackingError, LookupError):
     """A run id (or model version) named by the user does not exist."""
 
 
+class StoreNotFoundError(TrackingError, FileNotFoundError):
+    """A command that only reads found no tracking store where it looked."""
+
+
 class GateError(MnistopsError, RuntimeError):
     """The promotion gate could not compare candidate and champion."""
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 import mnistops
-from mnistops import gc_phases
+from mnistops import gc_phases, processes
 from mnistops.config import Config, dump_yaml
 from mnistops.data.dataset import Dataset, to_features
 from mnistops.progress import NullReporter, Reporter
@@ -174,22 +174,41 @@ def train(
         parent_run_id: a run (a notebook batch, say) to nest this run under; the result's run id
             is recorded on it as the tag ``mnistops.training_run_id``, cache hits included.
     """
+    # The run's log starts now, before the run exists: loading the data and checking the store
+    # are in it too. A cache hit, or a failure before the run starts, leaves nothing behind.
+    run_log = store.RunLog()
+    try:
+        return _train(cfg, progress or NullReporter(), force, register, extra_tags, parent_run_id, run_log)
+    finally:
+        run_log.remove()
+
+
+def _train(cfg: Config, progress: Reporter, force: bool, register: bool, extra_tags: dict[str, str] | None,
+           parent_run_id: str | None, run_log: store.RunLog) -> TrainResult:  # fmt: skip
     from mnistops.data import sources
     from mnistops.data.split import Split, make_split
     from mnistops.data.validate import validate
     from mnistops.train.models import build_model
 
-    progress = progress or NullReporter()
     timer = _Timer()
     uri = store.resolve_uri(cfg.tracking.uri)
+    log.info("mnistops %s train: %s on %s, config %s, seed %d; store %s", mnistops.__version__, cfg.model.name,
+             cfg.data.dataset, cfg.hash()[:12], cfg.seed, uri)  # fmt: skip
 
     def prepare_data() -> tuple[Dataset, dict[str, Any], Split, np.ndarray]:
         with timer.stage("load"):
             ds = sources.load(cfg.data.dataset, source=cfg.data.source, progress=progress)
+        log.info("data %s: %d images from %s%s, fingerprint %s", ds.name, ds.n_samples,
+                 "the cache" if ds.from_cache else ds.source, f" ({ds.cache_path})" if ds.cache_path else "",
+                 ds.fingerprint)  # fmt: skip
         with timer.stage("validate"):
             report = validate(ds)
+        log.info("validation passed with %d warning(s)%s", len(report["warnings"]),
+                 "".join(f"; {w}" for w in report["warnings"]))  # fmt: skip
         with timer.stage("split"):
             split = make_split(ds, cfg.split.strategy, cfg.split.test_size, cfg.seed)
+        log.info("split %s: train %d, test %d, fingerprint %s", split.strategy, len(split.train), len(split.test),
+                 split.fingerprint)  # fmt: skip
         return ds, report, split, ds.features(split.train)
 
     if sources.is_local(cfg.data.dataset):
@@ -198,12 +217,12 @@ def train(
         # hides the data stages. A download is not started before the store has answered.
         with ThreadPoolExecutor(1, thread_name_prefix="mnistops-data") as pool:
             prepared = pool.submit(prepare_data)
-            store.check_store(uri)
+            store.check_store(uri, timeout=cfg.tracking.timeout)
             model = build_model(cfg.model.name, cfg.model.params, cfg.model.preprocess, cfg.seed)
             ds, report, split, x_train = prepared.result()
             del prepared  # it holds x_train, which is dropped after the fit
     else:
-        store.check_store(uri)
+        store.check_store(uri, timeout=cfg.tracking.timeout)
         model = build_model(cfg.model.name, cfg.model.params, cfg.model.preprocess, cfg.seed)
         ds, report, split, x_train = prepare_data()
 
@@ -227,7 +246,7 @@ def train(
             return result_from_run(hit, uri)
     elif key is None:
         log.info("the mnistops source tree is dirty: the run cache is not used")
-    with store.tracked_run(uri, cfg.tracking.experiment, cfg.tracking.run_name, tags) as run:
+    with store.tracked_run(uri, cfg.tracking.experiment, cfg.tracking.run_name, tags, run_log) as run:
         run_id = run.info.run_id
         log.info("run %s: %s on %s (%s)", run_id, cfg.model.name, ds.name, ds.fingerprint[:12])
         _log_inputs(cfg, ds, split, report, env, code, provenance.environment_lock(dists))
@@ -246,13 +265,15 @@ def train(
             # where there is one left to do (compiled code, outside the GIL).
             warm = pool.submit(_prepare_outputs)
             result = _evaluate_and_plot(model, held_out, warm)
-        with timer.stage("log_model"), tempfile.TemporaryDirectory(prefix="mnistops-model-") as tmp:
+        with timer.stage("log_model"), processes.temporary_directory("model") as tmp:
             model.save(Path(tmp) / "model")
             info = store.log_model(
                 Path(tmp) / "model", to_features(held_out.images[:5]), pip_requirements(model.kind, dists)
             )
         durations = {**timer.durations, "time_total_s": timer.total()}
         metrics = {**result.metrics, **durations, "peak_rss_mb": round(peak_rss_mb(), 1)}
+        log.info("accuracy %.4f, macro F1 %.4f, log loss %.4f; model %s", metrics["accuracy"], metrics["f1_macro"],
+                 metrics["log_loss"], info.model_uri)  # fmt: skip
         _log_metrics(metrics)
         _log_outputs(result, metrics)
         version = None
@@ -260,6 +281,7 @@ def train(
             from mnistops.lifecycle.registry import register as register_version
 
             version = register_version(uri, cfg.tracking.registered_model, info.model_uri, run_id, tags, metrics)
+            log.info("registered %s version %s", cfg.tracking.registered_model, version)
             _set_tag("mnistops.model_version", version)
             _set_tag("mnistops.registered_model", cfg.tracking.registered_model)
     if parent_run_id:
@@ -377,7 +399,7 @@ def _evaluate_and_plot(model: Any, held_out: _HeldOut, warm: Future[None]) -> _S
     warm.result()
     from mnistops.evaluate import plots
 
-    tmp = tempfile.TemporaryDirectory(prefix="mnistops-plots-")
+    tmp = processes.temporary_directory("plots")
     out = Path(tmp.name)
     figures = {
         "plots/confusion_matrix.png": plots.confusion_matrix_png(ev.confusion, names, out / "confusion_matrix.png"),
@@ -403,7 +425,7 @@ def _log_outputs(scored: _Scored, metrics: dict[str, float]) -> None:
     mlflow.log_text(ev.report, "classification_report.txt")
     for artifact_path, path in scored.figures.items():
         mlflow.log_artifact(str(path), str(Path(artifact_path).parent))
-    with tempfile.TemporaryDirectory() as tmp:
+    with processes.temporary_directory("predictions") as tmp:
         pred = Path(tmp) / "predictions.npz"
         np.savez_compressed(pred, rows=scored.test_rows, label=ev.predictions, proba=ev.proba)
         mlflow.log_artifact(str(pred), "predictions")

@@ -73,7 +73,8 @@ def test_gate_promotes_refuses_and_rolls_back(store: Path) -> None:
     rolled = run_cli("rollback")
     assert rolled.returncode == 0, rolled.stderr
     assert aliases() == {"champion": "1"}
-    assert "no @previous" in one_line_error(run_cli("rollback"))
+    assert "version 1, the first champion: there is no earlier one" in one_line_error(run_cli("rollback"))
+    assert version_tags(better["model_version"])["mnistops.gate.rolled_back"]
 
 
 def test_dry_run_moves_and_records_nothing(store: Path) -> None:
@@ -233,7 +234,9 @@ def test_runs_list_and_compare(store: Path) -> None:
     assert diff["environment"] == {}
     text = run_cli("runs", "compare", a["run_id"], b["run_id"]).stdout
     assert "param   model.params.n_estimators: 25 → 6" in text
-    assert "no run 'nope'" in one_line_error(run_cli("runs", "compare", a["run_id"], "nope"))
+    assert "'nope' is not a run id" in one_line_error(run_cli("runs", "compare", a["run_id"], "nope"))
+    absent = "abcdef0" if not b["run_id"].startswith("abcdef0") else "0fedcba"
+    assert f"no run '{absent}'" in one_line_error(run_cli("runs", "compare", a["run_id"], absent))
 
 
 def _commands(workflow: dict[str, Any], program: str) -> list[list[str]]:
@@ -281,5 +284,9 @@ def test_workflow_runs_only_commands_that_exist() -> None:
 
 def test_promote_without_a_candidate_is_one_line(store: Path) -> None:
     assert "promote needs a RUN_ID or --latest" in one_line_error(run_cli("promote"))
+    assert "no tracking store at" in one_line_error(run_cli("promote", "--latest"))
+    from mnistops.tracking.store import check_store
+
+    check_store(os.environ["MLFLOW_TRACKING_URI"])  # an empty store now
     assert "experiment 'mnistops' has no runs" in one_line_error(run_cli("promote", "--latest"))
     assert "no run 'abc'" in one_line_error(run_cli("reproduce", "abc"))

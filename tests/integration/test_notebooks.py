@@ -245,7 +245,14 @@ def test_a_bad_dataset_stops_the_batch_before_training(tmp_path: Path, session_c
 
 
 def _kernels_of(pid: int) -> list[psutil.Process]:
-    return [p for p in psutil.Process(pid).children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
+    kernels = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if "ipykernel" in " ".join(child.cmdline()):
+                kernels.append(child)
+        except psutil.Error:  # it ended between the listing and the look
+            pass
+    return kernels
 
 
 def test_sigterm_during_training_ends_every_run_killed_and_leaves_no_kernel(tmp_path: Path, session_cache: Path

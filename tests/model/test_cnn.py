@@ -33,6 +33,7 @@ def small(mnist: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     )
 
 
+@pytest.mark.slow
 def test_cnn_trains_and_improves(small: tuple[np.ndarray, ...]) -> None:
     x, y, xt, yt = small
     model = build_model("cnn", {**TINY, "epochs": 3}, seed=0)
@@ -44,6 +45,7 @@ def test_cnn_trains_and_improves(small: tuple[np.ndarray, ...]) -> None:
     assert (model.predict_proba(xt).argmax(1) == yt).mean() > 0.85
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_weights(small: tuple[np.ndarray, ...]) -> None:
     x, y, _, _ = small
     weights = []
@@ -55,7 +57,8 @@ def test_same_seed_gives_identical_weights(small: tuple[np.ndarray, ...]) -> Non
     assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
 
 
-def test_images_and_floats_give_the_same_answers(small: tuple[np.ndarray, ...], mnist: Dataset) -> None:
+def test_images_and_floats_give_the_same_answers(small: tuple[np.ndarray, ...], mnist: Dataset,
+                                                 tmp_path: Path) -> None:  # fmt: skip
     x, y, _, _ = small
     m = build_model("cnn", {**TINY, "epochs": 1}, seed=0)
     m.fit(x, y)
@@ -63,7 +66,7 @@ def test_images_and_floats_give_the_same_answers(small: tuple[np.ndarray, ...], 
     np.testing.assert_array_equal(m.predict_proba(to_features(images)), m.predict_proba(mnist.features(np.arange(64))))
     from mnistops.train.pyfunc_model import MnistClassifier
 
-    directory = Path(os.environ.get("TMPDIR", "/tmp")) / f"cnn-{os.getpid()}"
+    directory = tmp_path / "cnn"
     m.save(directory)
     wrapper = MnistClassifier()
     from types import SimpleNamespace
@@ -83,6 +86,7 @@ print(json.dumps({{"labels": out["label"].tolist()}}))
 """
 
 
+@pytest.mark.slow
 def test_pyfunc_in_a_fresh_process_answers_exactly_as_in_process(
     small: tuple[np.ndarray, ...], store: Path, tmp_path: Path
 ) -> None:
@@ -109,6 +113,7 @@ def test_pyfunc_in_a_fresh_process_answers_exactly_as_in_process(
     assert json.loads(proc.stdout)["labels"] == here.argmax(1).tolist()
 
 
+@pytest.mark.slow
 def test_without_torch_the_error_names_the_extra(store: Path) -> None:
     code = ("import sys; sys.modules['torch'] = None; sys.argv = ['mnistops', 'train', '--set', 'model.name=cnn']; "
             "from mnistops.cli import main; main()")  # fmt: skip

@@ -30,7 +30,9 @@ def small(mnist: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     return x[:2000], y[:2000], x[2000:], y[2000:]
 
 
-@pytest.mark.parametrize("name", list(SMALL))
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "hist_gradient_boosting" else n for n in SMALL]
+)
 def test_each_model_learns(name: str, small: tuple[np.ndarray, ...]) -> None:
     x, y, xt, yt = small
     model = build_model(name, SMALL[name], "standard" if name == "logistic_regression" else "none", seed=42)

@@ -56,14 +56,16 @@ def locked(name: str, timeout: float = 600.0) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
+def atomic_path(final: Path, make_parents: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it over ``final`` only on success.
 
-    On any exception the temporary file is removed, so no partial file is ever left.
+    On any exception the temporary file is removed, so no partial file is ever left. The folder
+    is created if missing unless ``make_parents`` is False (a user's path: not our folder to make).
     """
     import tempfile
 
-    final.parent.mkdir(parents=True, exist_ok=True)
+    if make_parents:
+        final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
     os.close(fd)
     tmp_path = Path(tmp)

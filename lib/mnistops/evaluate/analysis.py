@@ -9,13 +9,13 @@ other functions are pure: arrays in, ``pandas.DataFrame`` tables or matplotlib f
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mnistops import processes
 from mnistops.config import Config
 from mnistops.errors import DataError
 from mnistops.figures import new_figure
@@ -72,7 +72,7 @@ def run_predictions(uri: str, run_id: str) -> RunPredictions:
             f"dataset {cfg.data.dataset} now has fingerprint {ds.fingerprint[:12]}, but run {run_id} was trained on "
             f"{str(expected)[:12]}: evaluate it on its own data"
         )
-    with tempfile.TemporaryDirectory(prefix="mnistops-eval-") as tmp:
+    with processes.temporary_directory("eval") as tmp:
         try:
             path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions/predictions.npz",
                                                        dst_path=tmp, tracking_uri=uri)  # fmt: skip

@@ -15,7 +15,14 @@ from mnistops.figures import new_figure as _figure
 
 
 def confusion_matrix_png(confusion: list[list[int]], class_names: tuple[str, ...], path: Path) -> Path:
-    """Draw the confusion matrix (rows: true class, columns: predicted) to ``path``.
+    """Draw :func:`confusion_matrix_figure` to ``path``."""
+    fig = confusion_matrix_figure(confusion, class_names)
+    fig.savefig(path)
+    return path
+
+
+def confusion_matrix_figure(confusion: list[list[int]], class_names: tuple[str, ...]) -> Any:
+    """The confusion matrix (rows: true class, columns: predicted).
 
     Each cell shows its count; its colour is the cell's share of its row (the true class) on a
     log scale, so that 3 confusions in 1,400 are as visible as they matter: on a linear scale
@@ -44,8 +51,7 @@ def confusion_matrix_png(confusion: list[list[int]], class_names: tuple[str, ...
     # Fixed margins that fit ten class names (Fashion-MNIST's longest too): tight_layout
     # would draw the figure once more to measure them, doubling the time this plot takes.
     fig.subplots_adjust(left=0.16, right=0.98, bottom=0.16, top=0.94)
-    fig.savefig(path)
-    return path
+    return fig
 
 
 def mistakes_png(
@@ -57,8 +63,22 @@ def mistakes_png(
     path: Path,
     cols: int = 8,
 ) -> Path:
-    """Draw images ``uint8 (n, 28, 28)`` at ``rows`` as one mosaic, each captioned
-    ``true→predicted`` over its confidence."""
+    """Draw :func:`mistakes_figure` to ``path``."""
+    fig = mistakes_figure(images, y_true, proba, rows, class_names, cols)
+    fig.savefig(path)
+    return path
+
+
+def mistakes_figure(
+    images: np.ndarray,
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    rows: np.ndarray,
+    class_names: tuple[str, ...],
+    cols: int = 8,
+) -> Any:
+    """Images ``uint8 (n, 28, 28)`` at ``rows`` as one mosaic, each captioned ``true→predicted``
+    over its confidence."""
     n = max(len(rows), 1)
     cols = min(cols, n)
     nrows = -(-n // cols)
@@ -77,8 +97,7 @@ def mistakes_png(
                 f"{class_names[int(y_true[r])]}→{class_names[pred]}\n{proba[r, pred]:.2f}",
                 ha="center", va="center", fontsize=9, color="crimson", linespacing=1.2)  # fmt: skip
     fig.suptitle("most confident mistakes (true→predicted, confidence)", fontsize=11)
-    fig.savefig(path)
-    return path
+    return fig
 
 
 def learning_curve_figure(curve: Any) -> Any:

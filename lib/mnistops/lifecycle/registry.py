@@ -6,6 +6,11 @@ freshly (logged numbers are not trusted), and moves ``@champion`` only if the ca
 the floor and is not worse than the champion by more than the tolerance. Alias moves are
 ordered so that a failure between them leaves ``@champion`` on a valid version:
 ``@previous`` is set first, then ``@champion`` is re-pointed in one atomic update.
+
+The history of ``@champion`` is kept on the versions themselves: each champion's tag
+``mnistops.gate.previous_champion`` names the version it replaced, so :func:`rollback` can walk
+back any number of steps; a version that was rolled back carries ``mnistops.gate.rolled_back``,
+and the gate refuses to promote it again unless asked with ``force``.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mnistops import processes
 from mnistops.config import Config, GateConfig
 from mnistops.errors import GateError, RunNotFoundError, TrackingError
 from mnistops.tracking import store
@@ -25,6 +31,8 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
+PREVIOUS_CHAMPION = "mnistops.gate.previous_champion"
+ROLLED_BACK = "mnistops.gate.rolled_back"
 VERSION_TAGS = ("mnistops.data_fingerprint", "mnistops.split_fingerprint", "mnistops.config_hash", "git.code.commit")
 
 
@@ -147,13 +155,12 @@ def _score(model_uris: dict[str, str], cfg: Config) -> dict[str, dict[str, float
 
 def run_config(uri: str, run_id: str) -> Config:
     """The resolved config a run saved (``config.yaml``), read back alone (no env, no overrides)."""
-    import tempfile
 
     import mlflow
 
     from mnistops.config import load_config
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with processes.temporary_directory("config") as tmp:
         mlflow.set_tracking_uri(uri)
         try:
             path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml", dst_path=tmp)
@@ -183,8 +190,12 @@ def is_training_run(tags: dict[str, str]) -> bool:
     return tags.get("mnistops.run_type", "train") == "train" and "mnistops.reproduction_of" not in tags
 
 
-def promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool = False) -> Decision:
-    """Run the gate for ``run_id``'s model version; move aliases if it passes (unless dry run)."""
+def promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool = False,
+            force: bool = False) -> Decision:  # fmt: skip
+    """Run the gate for ``run_id``'s model version; move aliases if it passes (unless dry run).
+
+    A version that was rolled back is refused without scoring unless ``force``.
+    """
     client = store.client(uri)
     candidate = version_for_run(uri, name, run_id)
     champion = alias_version(uri, name, CHAMPION)
@@ -192,6 +203,12 @@ def promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool = 
                         promoted=False, dry_run=dry_run, reason="")  # fmt: skip
     if champion is not None and str(champion.version) == str(candidate.version):
         decision.reason = f"version {candidate.version} is already @{CHAMPION}"
+        return decision
+    rolled_back = (candidate.tags or {}).get(ROLLED_BACK)
+    if rolled_back and not force:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(int(rolled_back))) if rolled_back.isdigit() else ""
+        decision.reason = (f"version {candidate.version} was rolled back{' on ' + when if when else ''}: "
+                           "promote it again only on purpose, with --force")  # fmt: skip
         return decision
     cand_run = store.get_run(uri, run_id)
     if champion is not None:
@@ -231,17 +248,22 @@ def promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool = 
     if decision.promoted:
         move_champion(client, name, str(candidate.version), champion)
         client.set_model_version_tag(name, candidate.version, "mnistops.gate.promoted_at", str(int(time.time())))
+        if rolled_back:
+            client.delete_model_version_tag(name, candidate.version, ROLLED_BACK)
     return decision
 
 
 def move_champion(client: Any, name: str, version: str, old_champion: Any | None) -> None:
     """Point ``@champion`` at ``version``; the old champion becomes ``@previous`` first.
 
-    If the store fails between the two updates, ``@champion`` still names the old champion
-    (a valid version) and ``@previous`` names it too: nothing is ever left unset.
+    The new champion's tag ``mnistops.gate.previous_champion`` names the version it replaces
+    (the history :func:`rollback` walks). If the store fails between the updates, ``@champion``
+    still names the old champion, a valid version: nothing is ever left unset.
     """
+    old = str(old_champion.version) if old_champion is not None else "none"
     if old_champion is not None:
-        client.set_registered_model_alias(name, PREVIOUS, str(old_champion.version))
+        client.set_registered_model_alias(name, PREVIOUS, old)
+    client.set_model_version_tag(name, version, PREVIOUS_CHAMPION, old)
     client.set_registered_model_alias(name, CHAMPION, version)
 
 
@@ -258,14 +280,28 @@ def _record(client: Any, name: str, version: Any, decision: Decision) -> None:
 
 
 def rollback(uri: str, name: str) -> tuple[str, str]:
-    """Move ``@champion`` back to ``@previous``; return ``(from_version, to_version)``."""
+    """Move ``@champion`` back to the version it replaced; return ``(from_version, to_version)``.
+
+    Repeated, it walks further back. The version moved away from is tagged rolled back (the gate
+    then refuses it without ``--force``); ``@previous`` follows, naming the new champion's own
+    predecessor, or is removed when there is none.
+    """
     client = store.client(uri)
-    previous = alias_version(uri, name, PREVIOUS)
     champion = alias_version(uri, name, CHAMPION)
-    if previous is None:
-        raise GateError(f"model {name!r} has no @{PREVIOUS} version to roll back to")
-    client.set_registered_model_alias(name, CHAMPION, str(previous.version))
-    client.delete_registered_model_alias(name, PREVIOUS)
-    if champion is not None:
-        client.set_model_version_tag(name, champion.version, "mnistops.gate.rolled_back", str(int(time.time())))
-    return (str(champion.version) if champion else "none", str(previous.version))
+    if champion is None:
+        raise GateError(f"model {name!r} has no @{CHAMPION}: there is nothing to roll back")
+    target = (champion.tags or {}).get(PREVIOUS_CHAMPION)
+    if target is None:  # promoted before the history was kept: @previous is all there is
+        previous = alias_version(uri, name, PREVIOUS)
+        target = str(previous.version) if previous is not None else "none"
+    if target == "none":
+        raise GateError(f"{name}@{CHAMPION} is version {champion.version}, the first champion: "
+                        "there is no earlier one to roll back to")  # fmt: skip
+    client.set_registered_model_alias(name, CHAMPION, target)
+    client.set_model_version_tag(name, champion.version, ROLLED_BACK, str(int(time.time())))
+    before = (client.get_model_version(name, target).tags or {}).get(PREVIOUS_CHAMPION, "none")
+    if before != "none":
+        client.set_registered_model_alias(name, PREVIOUS, before)
+    elif alias_version(uri, name, PREVIOUS) is not None:
+        client.delete_registered_model_alias(name, PREVIOUS)
+    return str(champion.version), target

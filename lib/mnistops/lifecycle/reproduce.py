@@ -11,12 +11,12 @@ model's stated tolerance. The verdict is tagged on the new run.
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from mnistops import processes
 from mnistops.errors import ReproductionError
 from mnistops.progress import Reporter
 from mnistops.tracking import provenance, store
@@ -62,7 +62,7 @@ def _predictions(uri: str, run_id: str) -> dict[str, np.ndarray]:
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    with tempfile.TemporaryDirectory() as tmp:
+    with processes.temporary_directory("predictions") as tmp:
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions/predictions.npz",
                                                    dst_path=tmp)  # fmt: skip
         with np.load(path) as z:
@@ -84,7 +84,7 @@ def reproduce(uri: str, run_id: str, progress: Reporter | None = None) -> Reprod
     from mnistops.pipeline import train
     from mnistops.tracking.runs import is_timing
 
-    store.check_store(uri)
+    store.check_store(uri, create=False)
     original = store.get_run(uri, run_id)
     tags = original.data.tags
     cfg = run_config(uri, run_id)

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import mnistops
-from mnistops import gc_phases
+from mnistops import gc_phases, processes
 from mnistops.config import Config, dump_yaml
 from mnistops.errors import MnistopsError
 from mnistops.runner.notebooks import Notebook
@@ -411,7 +411,7 @@ def run_batch(
     batch = _Batch(notebooks, parameters, cfg, progress or NullProgress(), cell_timeout, start_timeout, grace)
     _make_out_base(out_base)
     with contextlib.ExitStack() as stack:
-        batch.work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mnistops-batch-")))
+        batch.work = Path(stack.enter_context(processes.temporary_directory("batch")))
         batch.io = stack.enter_context(ThreadPoolExecutor(2, thread_name_prefix="mnistops-batch-io"))
         batch.warm = stack.enter_context(ThreadPoolExecutor(2, thread_name_prefix="mnistops-batch-warm"))
         stack.callback(_shutdown_all, batch.kernels)
@@ -419,7 +419,7 @@ def run_batch(
         # and opens the store: on two cores, both are done in the time of the longer one.
         batch.start_kernels(upto=2, cwd=cwd or Path.cwd())
         batch.io.submit(_warm_html)
-        store.check_store(batch.uri)
+        store.check_store(batch.uri, timeout=cfg.tracking.timeout)
         tags = batch_tags(notebooks, cfg)
         run = stack.enter_context(store.tracked_run(batch.uri, cfg.tracking.experiment, tags["mlflow.runName"], tags))
         log.info("batch run %s opened in %s", run.info.run_id, batch.uri)

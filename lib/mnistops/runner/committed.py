@@ -19,10 +19,11 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from mnistops import processes
 
 VOLATILE_TAG = "nbval-ignore-output"
 MAX_BYTES = 1_500_000
@@ -101,7 +102,7 @@ def refresh(paths: Sequence[Path], timeout: float = 1800) -> None:
     import nbformat
     import papermill
 
-    with tempfile.TemporaryDirectory(prefix="mnistops-refresh-") as tmp:
+    with processes.temporary_directory("refresh") as tmp:
         old = os.environ.get("MLFLOW_TRACKING_URI")
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         try:

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from mnistops.config import Config, notebook_values
+from mnistops.config import Config, notebook_values, read_yaml_mapping
 from mnistops.errors import ConfigError
 from mnistops.runner.notebooks import Notebook, Parameter, default_value
 
@@ -58,16 +58,7 @@ def coerce(text: str, param: Parameter, where: str) -> Any:
 
 def read_params_file(path: Path) -> dict[str, Any]:
     """A ``-f`` YAML file: a mapping of parameter names to values."""
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"-f {path}: no such file; give a YAML file of parameter: value lines") from None
-    except (OSError, yaml.YAMLError) as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"-f {path}: cannot read it: {first}") from None
-    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
-        raise ConfigError(f"-f {path} must hold a mapping of parameter names to values")
-    return data
+    return read_yaml_mapping(path, what="-f parameters file")
 
 
 def base_config_values(notebooks: Sequence[Notebook]) -> dict[str, Any]:

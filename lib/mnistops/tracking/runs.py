@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mnistops import processes
 from mnistops.tracking import store
 
 
@@ -69,6 +70,7 @@ def list_runs(uri: str, experiment: str, model_name: str, limit: int = 20) -> li
             "data": t.get("mnistops.data_fingerprint", "")[:12],
             "champion": run.info.run_id == champion_run,
             "reproduction_of": t.get("mnistops.reproduction_of"),
+            "ended_by": t.get("mnistops.ended_by"),
         })  # fmt: skip
     return rows
 
@@ -124,13 +126,12 @@ def learning_curve(uri: str, run_id: str) -> Any:
 
 def artifact_bytes(uri: str, run_id: str, path: str) -> bytes:
     """The bytes of one of a run's artifacts (a logged plot, say)."""
-    import tempfile
 
     import mlflow
 
     from mnistops.errors import RunNotFoundError
 
-    with tempfile.TemporaryDirectory(prefix="mnistops-artifact-") as tmp:
+    with processes.temporary_directory("artifact") as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp,
                                                         tracking_uri=uri)  # fmt: skip

@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mnistops.errors import RunNotFoundError, TrackingError
+from mnistops import processes
+from mnistops.errors import RunNotFoundError, StoreNotFoundError, TrackingError
 
 log = logging.getLogger(__name__)
 
@@ -58,27 +59,188 @@ def _quiet_mlflow() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def check_store(uri: str) -> None:
-    """Make sure the tracking store at ``uri`` answers; raise a one-line TrackingError if not."""
-    _quiet_mlflow()
-    scheme = urlparse(uri).scheme
-    if scheme == "sqlite":
-        db = uri.removeprefix("sqlite:///")
-        folder = Path(db).expanduser().resolve().parent if db and db != ":memory:" else None
-        if folder is not None and not folder.is_dir():
-            raise TrackingError(
-                f"tracking URI {uri}: folder {folder} does not exist; create it or set MLFLOW_TRACKING_URI"
-            )
-    elif scheme in ("http", "https"):
-        import requests
+DEFAULT_TIMEOUT_S = 5.0
+# The packages that provide each database's driver, by the module SQLAlchemy imports.
+DRIVER_PACKAGES = {
+    "psycopg": "psycopg[binary]",
+    "psycopg2": "psycopg2-binary",
+    "MySQLdb": "mysqlclient",
+    "pymysql": "pymysql",
+    "pyodbc": "pyodbc",
+}
+DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 
-        try:
-            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
-        except requests.RequestException as exc:
+
+def store_timeout(timeout: float | None = None) -> float:
+    """Seconds a store may take to answer: ``timeout``, else ``MNISTOPS_STORE_TIMEOUT``, else 5."""
+    if timeout is not None:
+        return timeout
+    try:
+        return float(os.environ.get("MNISTOPS_STORE_TIMEOUT", DEFAULT_TIMEOUT_S))
+    except ValueError:
+        raise TrackingError(
+            f"MNISTOPS_STORE_TIMEOUT={os.environ['MNISTOPS_STORE_TIMEOUT']!r} is not a number of seconds"
+        ) from None
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (absolute), or None (another store, or in memory)."""
+    if not uri.startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    if not database or database == ":memory:":
+        return None
+    return Path(database).expanduser().resolve()
+
+
+def check_store(uri: str, create: bool = True, write: bool = True, timeout: float | None = None) -> None:
+    """Make sure the tracking store at ``uri`` answers, in seconds, or raise a one-line error.
+
+    Every way a store fails is checked before MLflow's own retry loop (ten attempts over about
+    100 s) could start: a SQLite folder that does not exist or cannot be written, a database
+    driver that is not installed (naming the ``pip install`` that fixes it), a server that does
+    not answer within ``timeout`` seconds, a refused login. A new SQLite store is created under a
+    file lock beside it, so that commands started at once on a new folder all succeed.
+
+    Args:
+        uri: the tracking URI.
+        create: whether a missing SQLite store may be created. Commands that work on what is there
+            (``runs``, ``promote``, ``rollback``, ``reproduce``) pass False: they say where they looked.
+        write: whether the command writes to the store (``runs list`` and ``runs compare`` do not).
+        timeout: seconds to wait for a server (default :func:`store_timeout`).
+
+    Raises:
+        StoreNotFoundError: no SQLite store there and ``create`` is False.
+        TrackingError: anything else that keeps the store from being used.
+    """
+    timeout = store_timeout(timeout)
+    scheme = urlparse(uri).scheme
+    lock = None
+    if scheme in ("http", "https"):
+        _check_server(uri, timeout)
+    elif scheme.startswith("sqlite"):
+        lock = _check_sqlite(uri, create, write)
+    elif scheme.split("+")[0] in ("postgresql", "mysql", "mssql"):
+        _check_database(uri, timeout)
+    with lock or contextlib.nullcontext():
+        _open(uri)
+    if lock is not None:
+        # The store is made: its tables exist and nobody needs the lock any more. Whoever waits
+        # on it still holds the old file; whoever comes next makes a new one and finds the
+        # tables there. So no lock file is left beside the store (in a user's git tree, say).
+        with contextlib.suppress(OSError):
+            Path(lock.lock_file).unlink()
+    # Housekeeping every command does: runs and temporary folders of processes that are gone.
+    from mnistops.tracking import orphans
+
+    try:
+        orphans.reap(uri)
+    except Exception as exc:  # a store this command may only read: say nothing more than that
+        if write:
+            raise TrackingError(f"tracking store {uri}: cannot end runs left RUNNING: {exc}") from None
+        log.debug("could not end orphaned runs in %s: %s", uri, exc)
+    processes.sweep()
+
+
+def _check_server(uri: str, timeout: float) -> None:
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
+    except requests.RequestException as exc:
+        raise TrackingError(
+            f"cannot reach the MLflow server at {uri} ({type(exc).__name__}): "
+            "start it, or set MLFLOW_TRACKING_URI to a reachable store"
+        ) from None
+
+
+def _check_sqlite(uri: str, create: bool, write: bool) -> Any | None:
+    """Checks of a SQLite store's file and folder; returns the lock to open a new one under."""
+    path = sqlite_path(uri)
+    if path is None:
+        return None
+    folder = path.parent
+    if not folder.is_dir():
+        raise TrackingError(
+            f"tracking store {uri}: folder {folder} does not exist; create it, or set MLFLOW_TRACKING_URI"
+        )
+    if not path.exists():
+        if not create:
+            raise StoreNotFoundError(
+                f"no tracking store at {path} (looked in {folder}): run `mnistops train` there first, "
+                "or point MLFLOW_TRACKING_URI or the config's tracking.uri at your store"
+            )
+        if not os.access(folder, os.W_OK | os.X_OK):
             raise TrackingError(
-                f"cannot reach the MLflow server at {uri} ({type(exc).__name__}): "
-                "start it, or set MLFLOW_TRACKING_URI to a reachable store"
-            ) from None
+                f"tracking store {uri}: cannot create {path.name} in {folder}, a read-only folder; "
+                "run from a folder you can write to, or set MLFLOW_TRACKING_URI"
+            )
+    elif not os.access(path, os.R_OK):
+        raise TrackingError(f"tracking store {uri}: cannot read {path}: check its permissions")
+    elif write and not (os.access(path, os.W_OK) and os.access(folder, os.W_OK | os.X_OK)):
+        what = path if not os.access(path, os.W_OK) else folder
+        raise TrackingError(
+            f"tracking store {uri}: {what} is read-only, and this command writes to the store; "
+            "make it writable, or set MLFLOW_TRACKING_URI"
+        )
+    if not create or not write:
+        return None
+    from filelock import FileLock
+
+    # MLflow creates a new store's tables on first use; two processes doing that at once fail
+    # ("Online migration expected to match one row"). Opening under one lock per store makes
+    # them take turns: the first creates, the others find the tables there.
+    return FileLock(str(path) + ".lock", timeout=300)
+
+
+def _check_database(uri: str, timeout: float) -> None:
+    """A database server: its driver installed, its port answering, the login accepted."""
+    import socket
+
+    from sqlalchemy.engine import make_url
+
+    url = make_url(uri)
+    shown = url.render_as_string(hide_password=True)
+    backend = url.get_backend_name()
+    try:
+        url.get_dialect().import_dbapi()
+    except ImportError as exc:
+        module = (getattr(exc, "name", None) or "").split(".")[0]
+        package = DRIVER_PACKAGES.get(module, module or "the database driver")
+        raise TrackingError(
+            f"tracking store {shown}: the {backend} driver ({module}) is not installed: pip install '{package}'"
+        ) from None
+    host, port = url.host or "localhost", url.port or DEFAULT_PORTS.get(backend, 0)
+    if host.startswith("/") or not port:
+        return  # a Unix socket: the connection below tells
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        reason = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise TrackingError(
+            f"cannot reach {backend} at {host}:{port} for tracking store {shown} ({reason.lower()}): "
+            "start the server, or set MLFLOW_TRACKING_URI to a reachable store"
+        ) from None
+    import sqlalchemy
+
+    connect_args = {"connect_timeout": max(1, round(timeout))} if backend in ("postgresql", "mysql") else {}
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, connect_args=connect_args)
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:
+        cause = getattr(exc, "orig", exc)
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+        raise TrackingError(f"tracking store {shown} refused the connection: {first}") from None
+    finally:
+        engine.dispose()
+
+
+def _open(uri: str) -> None:
+    """Open the store through MLflow (creating a SQLite store's tables): one short answer."""
+    _quiet_mlflow()
     from mlflow.tracking import MlflowClient
 
     try:
@@ -94,6 +256,41 @@ def client(uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(uri)
+
+
+def find_run(uri: str, ref: str) -> Any:
+    """The run that ``ref`` names: a whole run id or any unique prefix of one (as ``runs list``
+    shows them).
+
+    Raises:
+        RunNotFoundError: no run matches, or several do (the message lists them).
+    """
+    import re
+
+    from mlflow.entities import ViewType
+
+    wanted = ref.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{1,32}", wanted):
+        raise RunNotFoundError(f"{ref!r} is not a run id (hexadecimal, as `mnistops runs list` shows): check it")
+    if len(wanted) == 32:
+        return get_run(uri, wanted)
+    c = client(uri)
+    experiments = [e.experiment_id for e in c.search_experiments(view_type=ViewType.ALL)]
+    matches: list[Any] = []
+    token = None
+    while experiments:
+        page = c.search_runs(experiments, run_view_type=ViewType.ALL, max_results=5000, page_token=token)
+        matches += [r for r in page if r.info.run_id.startswith(wanted)]
+        token = page.token
+        if not token:
+            break
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise RunNotFoundError(f"no run {ref!r} in {uri}: see `mnistops runs list`")
+    listed = ", ".join(f"{r.info.run_id[:12]} ({r.data.tags.get('mlflow.runName', '')})" for r in matches[:5])
+    more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
+    raise RunNotFoundError(f"run id {ref!r} matches {len(matches)} runs: {listed}{more}; give more of the id")
 
 
 def get_run(uri: str, run_id: str) -> Any:
@@ -135,11 +332,43 @@ def ensure_experiment(uri: str, name: str) -> None:
             raise
 
 
+class RunLog:
+    """A run's own log: every record of the ``mnistops`` loggers (INFO and up) from the moment it
+    is opened, so a run's ``run.log`` starts where the command starts (loading the data, checking
+    the store), not where the MLflow run does. Its folder is named after the process
+    (:mod:`mnistops.processes`), so a killed process's log is swept by the next command."""
+
+    def __init__(self) -> None:
+        self.folder = Path(processes.temp_dir("log"))
+        self.path = self.folder / "run.log"
+        self._handler = logging.FileHandler(self.path)
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self._logger = logging.getLogger("mnistops")
+        self._logger.addHandler(self._handler)
+        self._old_level = self._logger.level
+        if self._logger.getEffectiveLevel() > logging.INFO:
+            self._logger.setLevel(logging.INFO)
+
+    def close(self) -> None:
+        """Stop recording (the file stays until :meth:`remove`)."""
+        if self._handler in self._logger.handlers:
+            self._handler.close()
+            self._logger.removeHandler(self._handler)
+            self._logger.setLevel(self._old_level)
+
+    def remove(self) -> None:
+        """Stop recording and delete the file and its folder."""
+        self.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def tracked_run(uri: str, experiment: str, run_name: str | None, tags: dict[str, str]) -> Iterator[Any]:
+def tracked_run(uri: str, experiment: str, run_name: str | None, tags: dict[str, str],
+                run_log: RunLog | None = None) -> Iterator[Any]:  # fmt: skip
     """Start a run and make sure it ends: FINISHED, FAILED (exception) or KILLED (signal).
 
-    The run's log records (logger ``mnistops``) go to ``run.log``, uploaded at the end.
+    The run's log records (logger ``mnistops``) go to ``run.log``, uploaded at the end: those of
+    ``run_log`` when given (opened when the command started), else from now on.
     """
     import mlflow
 
@@ -150,16 +379,11 @@ def tracked_run(uri: str, experiment: str, run_name: str | None, tags: dict[str,
         mlflow.set_experiment(experiment)
     except Exception as exc:
         raise TrackingError(f"cannot use experiment {experiment!r} in {uri}: {str(exc).splitlines()[0]}") from None
-    logdir = tempfile.mkdtemp(prefix="mnistops-log-")
-    logfile = Path(logdir) / "run.log"
-    handler = logging.FileHandler(logfile)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    pkg_logger = logging.getLogger("mnistops")
-    pkg_logger.addHandler(handler)
-    old_level = pkg_logger.level
-    if pkg_logger.getEffectiveLevel() > logging.INFO:
-        pkg_logger.setLevel(logging.INFO)
-    run = mlflow.start_run(run_name=run_name, tags=tags)
+    run_log = run_log or RunLog()
+    from mnistops.tracking import orphans
+
+    run = mlflow.start_run(run_name=run_name, tags={**tags, **orphans.owner_tags()})
+    log.info("run %s started in experiment %r of %s", run.info.run_id, experiment, uri)
     status = "FAILED"
     try:
         yield run
@@ -172,29 +396,33 @@ def tracked_run(uri: str, experiment: str, run_name: str | None, tags: dict[str,
         log.error("run %s failed: %s", run.info.run_id, exc)
         raise
     finally:
-        handler.close()
-        pkg_logger.removeHandler(handler)
-        pkg_logger.setLevel(old_level)
+        log.info("run %s ends %s", run.info.run_id, status)
+        run_log.close()
         with contextlib.suppress(Exception):
-            mlflow.log_artifact(str(logfile))
+            mlflow.log_artifact(str(run_log.path))
         try:
             mlflow.end_run(status)
         except Exception:  # the store went away: nothing more we can record
             log.exception("could not mark run %s %s", run.info.run_id, status)
-        with contextlib.suppress(OSError):
-            logfile.unlink()
-            os.rmdir(logdir)
+        run_log.remove()
 
 
 def model_signature() -> Any:
-    """Input: ``float32 (-1, 784)`` pixels in [0, 1]. Output: ``label`` and ``prob_0..9``."""
+    """Input: images, any number type and either layout (see below). Output: ``label`` and ``prob_0..9``.
+
+    MLflow checks a tensor input's rank and dtype exactly, so no single typed tensor admits both
+    ``uint8 (n, 28, 28)`` and ``float64 (n, 784)``, the two forms people pass most. The input is
+    declared as MLflow's "any array" (object dtype, shape ``(-1,)``), which its schema check lets
+    through as it is, and the model checks shape, type and range itself
+    (:func:`mnistops.train.pyfunc_model.to_features`), refusing anything else with a clear message.
+    """
     import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
     outputs: list[ColSpec | TensorSpec] = [ColSpec("long", "label")]
     outputs += [ColSpec("double", f"prob_{i}") for i in range(10)]
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 784))]), outputs=Schema(outputs))
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(object), (-1,))]), outputs=Schema(outputs))
 
 
 def prepare_model_logging() -> None:

@@ -4,9 +4,11 @@ MLflow stores this file beside the model, so a model loads with stock
 ``mlflow.pyfunc.load_model(uri)`` in a fresh process that has never heard of mnistops: it
 imports only numpy, pandas, joblib (scikit-learn models) or torch (the CNN). Keep it that way.
 
-Input: ``float32 (n, 784)`` pixels scaled to [0, 1] (the signature), a DataFrame of those 784
-columns, or ``uint8 (n, 28, 28)`` images when called without schema enforcement.
-Output: a DataFrame with ``label`` (int) and ``prob_0`` .. ``prob_9``.
+Input: images as ``(n, 28, 28)`` or ``(n, 784)``, either integer pixels 0..255 (``uint8`` as
+MNIST stores them, or any integer type) or float pixels in [0, 1] (``float32`` or ``float64``);
+also a DataFrame of 784 columns where no schema is enforced. Anything else is refused with a
+``ValueError`` that says what was expected. Output: a DataFrame with ``label`` (int) and
+``prob_0`` .. ``prob_9``.
 """
 
 from __future__ import annotations
@@ -22,15 +24,36 @@ from mlflow.pyfunc import PythonModel
 
 
 def to_features(model_input: Any) -> np.ndarray:
-    """``float32 (n, 784)`` in [0, 1] from uint8 images, float pixels or a DataFrame."""
+    """``float32 (n, 784)`` in [0, 1] from integer pixels 0..255 or float pixels in [0, 1].
+
+    Raises:
+        ValueError: a shape other than (n, 28, 28) or (n, 784), values out of range or not finite,
+            or data that is not numbers.
+    """
     arr = model_input.to_numpy() if isinstance(model_input, pd.DataFrame) else np.asarray(model_input)
-    flat = arr.reshape(arr.shape[0], -1)
-    if flat.shape[1] != 784:
-        raise ValueError(f"expected 28x28 images or 784 pixels per row, got shape {arr.shape}")
-    if arr.dtype == np.uint8:
+    if arr.dtype == object:  # JSON lists reach a model as objects: let numpy find the number type
+        try:
+            arr = np.asarray(arr.tolist())
+        except ValueError:
+            raise ValueError("images must be rows of numbers of equal length (28x28 or 784 pixels)") from None
+    if arr.ndim not in (2, 3) or arr.shape[0] == 0 or int(np.prod(arr.shape[1:])) != 784:
+        raise ValueError(f"expected images of shape (n, 28, 28) or (n, 784), got {arr.shape}: one row per image")
+    flat = arr.reshape(arr.shape[0], 784)
+    if arr.dtype.kind in "iu" or arr.dtype == np.bool_:
+        ilo, ihi = int(flat.min()), int(flat.max())
+        if ilo < 0 or ihi > 255:
+            raise ValueError(f"integer pixels must be 0..255, got {ilo}..{ihi}")
         out = flat.astype(np.float32)
         out /= np.float32(255.0)
         return out
+    if arr.dtype.kind != "f":
+        raise ValueError(f"pixels must be numbers, got dtype {arr.dtype}: pass uint8 0..255 or floats in [0, 1]")
+    if not np.isfinite(flat).all():
+        raise ValueError("pixels must be finite numbers: the input holds NaN or infinity")
+    lo, hi = float(flat.min()), float(flat.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"float pixels must be in [0, 1], got {lo:g}..{hi:g}: divide 0..255 values by 255, "
+                         "or pass them as uint8")  # fmt: skip
     return flat.astype(np.float32, copy=False)
 
 
