@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from mnistops.errors import ConfigError
 
 ENV_PREFIX = "MNISTOPS_"
+AFTER_TRAINING = ("tracking", "gate", "serve")  # config sections that do not change what a run trains
 
 
 class _Strict(BaseModel):
@@ -89,8 +90,26 @@ class GateConfig(_Strict):
     tolerance: float = Field(0.002, ge=0.0, le=1.0)
 
 
+class ServeConfig(_Strict):
+    """How ``mnistops serve`` serves a model (none of it changes what a run trains)."""
+
+    model: str | None = None  # a model URI; None: models:/<tracking.registered_model>@champion
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    max_batch: int = Field(256, ge=1, le=100_000)  # images in one request (and in one model call)
+    max_body_bytes: int = Field(1_000_000, ge=1_000)  # a larger request body is refused with 413
+    max_image_pixels: int = Field(16_000_000, ge=784)  # an uploaded image larger than this is not decoded
+    batch_wait_ms: float = Field(2.0, ge=0, le=1000)  # how long concurrent requests are gathered
+    poll_seconds: float = Field(10.0, gt=0)  # how often the champion alias is looked up
+    admin_token: str | None = None  # bearer token for POST /admin/reload; None: disabled
+    prediction_log: str | None = "predictions.db"  # SQLite file; None: predictions are not recorded
+    log_max_rows: int = Field(1_000_000, ge=1)
+    log_max_age_days: float = Field(30.0, gt=0)
+
+
 class Config(_Strict):
-    """Everything that defines a training run."""
+    """Everything that defines a training run, and how its model is served."""
 
     seed: int = Field(42, ge=0, le=2**32 - 1)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -98,6 +117,7 @@ class Config(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready resolved config."""
@@ -110,10 +130,10 @@ class Config(_Strict):
     def hash(self) -> str:
         """SHA-256 of the canonical JSON of what determines the model.
 
-        ``tracking`` and ``gate`` are left out: where a run is recorded, and how it is judged
-        afterwards, do not change what it trains.
+        ``tracking``, ``gate`` and ``serve`` are left out: where a run is recorded, how it is
+        judged and served afterwards, do not change what it trains.
         """
-        d = {k: v for k, v in self.to_dict().items() if k not in ("tracking", "gate")}
+        d = {k: v for k, v in self.to_dict().items() if k not in AFTER_TRAINING}
         return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -393,5 +413,11 @@ def _format_value(value: Any) -> str:
 
 
 def dump_yaml(cfg: Config) -> str:
-    """The resolved config as YAML (what a run saves, and what ``--config`` reads back)."""
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    """The resolved config of a run as YAML (what a run saves, and what ``--config`` reads back).
+
+    The ``serve`` section is left out: how a model is served later is not part of the run that
+    trained it (and ``serve.admin_token`` is a secret that anyone who can read the store would see).
+    """
+    d = cfg.to_dict()
+    d.pop("serve", None)
+    return yaml.safe_dump(d, sort_keys=False)

@@ -325,7 +325,8 @@ def _log_inputs(cfg: Config, ds: Dataset, split: Any, report: dict[str, Any], en
     import mlflow
     from mlflow.data.numpy_dataset import from_numpy
 
-    params = {k: ("None" if v is None else v) for k, v in cfg.flat().items()}
+    # serve.* is how a model is served later (and may hold a token): not a parameter of the run.
+    params = {k: ("None" if v is None else v) for k, v in cfg.flat().items() if not k.startswith("serve.")}
     mlflow.log_params(params)
     with warnings.catch_warnings():
         # MLflow registers its local-file source twice and warns that a path is ambiguous.
