@@ -146,3 +146,38 @@ def test_prediction_log_in_a_missing_folder_fails_at_once(tmp_path: Path) -> Non
     with pytest.raises(sqlite3.OperationalError):
         PredictionLog(tmp_path / "nope" / "p.db")
     assert not (tmp_path / "nope").exists()
+
+
+def test_an_image_of_integers_beside_images_of_floats_is_read_as_integers() -> None:
+    ones = [[1] * 784]  # integers: 1 of 255, nearly black
+    floats = [[1.0] * 784]  # floats in [0, 1]: white
+    got = images_from_json(json.dumps({"images": ones + floats}).encode(), 4)
+    assert got[0].max() == 1 and got[1].min() == 255
+    assert images_from_json(json.dumps({"images": floats}).encode(), 4).min() == 255
+    assert images_from_json(json.dumps({"images": ones}).encode(), 4).max() == 1
+
+
+@pytest.mark.parametrize("preprocess", [False, True])
+def test_forest_proba_is_the_forests_own_predict_proba_bit_for_bit(mnist: Dataset, preprocess: bool) -> None:
+    from types import SimpleNamespace
+
+    from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from mnistops.serve.model import _forest_of, forest_proba
+
+    x = mnist.images[:3000].reshape(3000, 784).astype(np.float32) / 255
+    y = mnist.labels[:3000]
+    for forest in (RandomForestClassifier(20, max_depth=10, random_state=0, n_jobs=2),
+                   ExtraTreesClassifier(20, max_depth=10, random_state=0)):  # fmt: skip
+        model = make_pipeline(StandardScaler(), forest) if preprocess else forest
+        model.fit(x[:2000], y[:2000])
+        forest.n_jobs = 1  # sklearn's own order of adding (with threads, the order varies)
+        found = _forest_of(SimpleNamespace(model=model))
+        assert found is not None
+        for n in (1, 8, 1000):
+            np.testing.assert_array_equal(
+                forest_proba(found, x[2000 : 2000 + n]), model.predict_proba(x[2000 : 2000 + n])
+            )
+    assert _forest_of(SimpleNamespace(model=make_pipeline(StandardScaler()))) is None

