@@ -195,7 +195,7 @@ def _train(cfg: Config, progress: Reporter, force: bool, register: bool, extra_t
     log.info("mnistops %s train: %s on %s, config %s, seed %d; store %s", mnistops.__version__, cfg.model.name,
              cfg.data.dataset, cfg.hash()[:12], cfg.seed, uri)  # fmt: skip
 
-    def prepare_data() -> tuple[Dataset, dict[str, Any], Split, np.ndarray]:
+    def prepare_data() -> tuple[Dataset, dict[str, Any], Split, np.ndarray, dict[str, np.ndarray]]:
         with timer.stage("load"):
             ds = sources.load(cfg.data.dataset, source=cfg.data.source, progress=progress)
         log.info("data %s: %d images from %s%s, fingerprint %s", ds.name, ds.n_samples,
@@ -209,7 +209,11 @@ def _train(cfg: Config, progress: Reporter, force: bool, register: bool, extra_t
             split = make_split(ds, cfg.split.strategy, cfg.split.test_size, cfg.seed)
         log.info("split %s: train %d, test %d, fingerprint %s", split.strategy, len(split.train), len(split.test),
                  split.fingerprint)  # fmt: skip
-        return ds, report, split, ds.features(split.train)
+        with timer.stage("reference"):
+            from mnistops.monitor.reference import input_profile
+
+            profile = input_profile(ds.images[split.train], ds.labels[split.train], cfg.seed)
+        return ds, report, split, ds.features(split.train), profile
 
     if sources.is_local(cfg.data.dataset):
         # Reading, hashing and converting the data (numpy and hashlib, mostly outside the GIL)
@@ -219,12 +223,12 @@ def _train(cfg: Config, progress: Reporter, force: bool, register: bool, extra_t
             prepared = pool.submit(prepare_data)
             store.check_store(uri, timeout=cfg.tracking.timeout)
             model = build_model(cfg.model.name, cfg.model.params, cfg.model.preprocess, cfg.seed)
-            ds, report, split, x_train = prepared.result()
+            ds, report, split, x_train, profile = prepared.result()
             del prepared  # it holds x_train, which is dropped after the fit
     else:
         store.check_store(uri, timeout=cfg.tracking.timeout)
         model = build_model(cfg.model.name, cfg.model.params, cfg.model.preprocess, cfg.seed)
-        ds, report, split, x_train = prepare_data()
+        ds, report, split, x_train, profile = prepare_data()
 
     dists = provenance.installed()
     env = provenance.environment(dists)
@@ -275,7 +279,7 @@ def _train(cfg: Config, progress: Reporter, force: bool, register: bool, extra_t
         log.info("accuracy %.4f, macro F1 %.4f, log loss %.4f; model %s", metrics["accuracy"], metrics["f1_macro"],
                  metrics["log_loss"], info.model_uri)  # fmt: skip
         _log_metrics(metrics)
-        _log_outputs(result, metrics)
+        _log_outputs(result, metrics, profile)
         version = None
         if register:
             from mnistops.lifecycle.registry import register as register_version
@@ -417,8 +421,10 @@ def _log_metrics(metrics: dict[str, float]) -> None:
     mlflow.log_metrics(metrics)
 
 
-def _log_outputs(scored: _Scored, metrics: dict[str, float]) -> None:
+def _log_outputs(scored: _Scored, metrics: dict[str, float], profile: dict[str, np.ndarray]) -> None:
     import mlflow
+
+    from mnistops.monitor import reference
 
     ev = scored.evaluation
     mlflow.log_dict({**ev.to_dict(), "metrics": metrics}, "metrics.json")
@@ -430,4 +436,8 @@ def _log_outputs(scored: _Scored, metrics: dict[str, float]) -> None:
         pred = Path(tmp) / "predictions.npz"
         np.savez_compressed(pred, rows=scored.test_rows, label=ev.predictions, proba=ev.proba)
         mlflow.log_artifact(str(pred), "predictions")
+        # What `mnistops monitor` compares the served model's inputs and answers with.
+        ref = Path(tmp) / Path(reference.ARTIFACT).name
+        ref.write_bytes(reference.complete(profile, ev.proba).to_bytes())
+        mlflow.log_artifact(str(ref), str(Path(reference.ARTIFACT).parent))
     scored.tmp.cleanup()

@@ -89,6 +89,7 @@ def test_seed_config_matches_the_notebooks_logged_result(seed_run: tuple[Path, d
         "time_load_s",
         "time_validate_s",
         "time_split_s",
+        "time_reference_s",
         "time_fit_s",
         "time_evaluate_s",
         "time_log_model_s",

@@ -69,8 +69,24 @@ def create_app(cfg: ServeConfig, tracking_uri: str, registered_model: str = "mni
                 log.warning("now serving %s version %s (was %s)", loaded.name, loaded.version, old.version)
             return True
 
+    async def drift_verdict() -> None:
+        """The newest monitoring verdict on the version served (``mnistops monitor``), as a gauge."""
+        from mnistops.monitor.run import VERDICT_CODE, last_verdict
+
+        current = holder.current
+        if current is None or not current.version:
+            return
+        verdict = await asyncio.get_running_loop().run_in_executor(
+            None, last_verdict, tracking_uri, current.name, current.version
+        )
+        metrics.drift.set(VERDICT_CODE.get(verdict or "", -1))
+
     async def follow() -> None:
         while True:
+            try:
+                await drift_verdict()
+            except Exception as exc:
+                log.warning("could not read the monitoring verdict: %s", exc)
             await asyncio.sleep(cfg.poll_seconds)
             try:
                 await reload()

@@ -7,6 +7,8 @@ tests, do not share counters). With several worker processes (``--workers N``), 
 * ``mnistops_predictions_total{label}`` and ``mnistops_prediction_confidence``: what was answered
 * ``mnistops_model_info{name, version, run_id}``: 1 for the model that answers now
 * ``mnistops_model_loads_total``
+* ``mnistops_drift_verdict``: the newest ``mnistops monitor`` verdict on the version served
+  (0 ok, 1 warn, 2 drift, -1 none yet), read from the store at every poll
 """
 
 from __future__ import annotations

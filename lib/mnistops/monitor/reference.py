@@ -1,0 +1,136 @@
+"""The reference a served model is watched against, computed when it is trained and logged with its
+run (``monitoring/reference.npz``).
+
+* the :mod:`~mnistops.monitor.features` of a seeded sample of the training images;
+* a PCA fitted on that sample (its mean and components) and the sample's first components;
+* the reconstruction error of the sample under that PCA, whose 99th percentile marks an input as
+  out of distribution (far from anything the model was trained on);
+* the training labels' distribution;
+* on the held-out split: the model's predicted classes and its confidence (probability of the
+  predicted class), which current predictions are compared with.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnistops.errors import MnistopsError
+from mnistops.monitor.features import FEATURES, image_features
+
+ARTIFACT = "monitoring/reference.npz"
+SAMPLE = 5000  # training images in the reference (features and PCA)
+COMPONENTS = 10
+OOD_QUANTILE = 0.99  # an input whose PCA reconstruction error passes this quantile of the training sample's
+
+
+class NoReferenceError(MnistopsError, LookupError):
+    """A model's run has no reference profile (trained before monitoring existed)."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """See the module's docstring. Arrays only, so that it saves to and loads from one ``.npz``."""
+
+    features: np.ndarray  # float (SAMPLE, len(FEATURES))
+    pca_mean: np.ndarray  # float (784,)
+    pca_components: np.ndarray  # float (COMPONENTS, 784)
+    projections: np.ndarray  # float (SAMPLE, COMPONENTS)
+    ood_threshold: np.ndarray  # float () : reconstruction error
+    label_share: np.ndarray  # float (10,)
+    predicted: np.ndarray  # int (n_held_out,)
+    confidence: np.ndarray  # float (n_held_out,)
+
+    def project(self, images: np.ndarray) -> np.ndarray:
+        """``(n, COMPONENTS)``: images in the reference's PCA coordinates."""
+        return (_flat(images) - self.pca_mean) @ self.pca_components.T
+
+    def reconstruction_error(self, images: np.ndarray) -> np.ndarray:
+        """``(n,)``: how far each image lies from the space the training images span (RMS, 0..1 pixels)."""
+        centred = _flat(images) - self.pca_mean
+        back = (centred @ self.pca_components.T) @ self.pca_components
+        return np.sqrt(((centred - back) ** 2).mean(axis=1))
+
+    def to_bytes(self) -> bytes:
+        out = io.BytesIO()
+        np.savez_compressed(out, **asdict(self))
+        return out.getvalue()
+
+    @classmethod
+    def load(cls, path: Path) -> Reference:
+        with np.load(path) as z:
+            return cls(**{k: z[k] for k in cls.__dataclass_fields__})
+
+
+def _flat(images: np.ndarray) -> np.ndarray:
+    return np.asarray(images, dtype=np.float64).reshape(len(images), 784) / 255.0
+
+
+def input_profile(images: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """The training side of the reference: features, PCA and OOD threshold of a seeded sample of
+    ``images`` (the training split's), and the labels' distribution."""
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(seed)
+    take = np.sort(rng.choice(len(images), min(SAMPLE, len(images)), replace=False))
+    sample = images[take]
+    pca = PCA(COMPONENTS, random_state=seed, svd_solver="randomized").fit(_flat(sample))
+    ref = Reference(
+        image_features(sample),
+        pca.mean_,
+        pca.components_,
+        pca.transform(_flat(sample)),
+        np.zeros(()),
+        np.bincount(labels, minlength=10) / len(labels),
+        np.zeros(0, np.int64),
+        np.zeros(0),
+    )
+    threshold = np.quantile(ref.reconstruction_error(sample), OOD_QUANTILE)
+    profile = asdict(ref)
+    profile["ood_threshold"] = np.asarray(threshold)
+    for key in ("predicted", "confidence"):
+        profile.pop(key)
+    return profile
+
+
+def complete(profile: dict[str, np.ndarray], held_out_proba: np.ndarray) -> Reference:
+    """The reference, once the model's held-out probabilities are known."""
+    proba = np.asarray(held_out_proba)
+    return Reference(**profile, predicted=proba.argmax(axis=1), confidence=proba.max(axis=1))
+
+
+def for_run(tracking_uri: str, run_id: str) -> Reference:
+    """The reference logged with training run ``run_id``.
+
+    Raises:
+        NoReferenceError: the run has none (a model trained before monitoring existed).
+    """
+    import mlflow
+
+    from mnistops import processes
+
+    with processes.temporary_directory("reference") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ARTIFACT, dst_path=tmp,
+                                                       tracking_uri=tracking_uri)  # fmt: skip
+        except Exception:
+            raise NoReferenceError(
+                f"run {run_id} has no reference profile ({ARTIFACT}): it was trained before monitoring existed; "
+                "retrain it (mnistops train --force) to monitor it"
+            ) from None
+        return Reference.load(Path(path))
+
+
+def describe(ref: Reference) -> dict[str, Any]:
+    """A few numbers about a reference, for a report."""
+    return {
+        "training_sample": len(ref.features),
+        "features": list(FEATURES),
+        "pca_components": int(ref.pca_components.shape[0]),
+        "held_out_predictions": len(ref.predicted),
+        "ood_threshold": float(ref.ood_threshold),
+    }

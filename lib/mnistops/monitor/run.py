@@ -1,0 +1,211 @@
+"""One monitoring run: a window of the prediction log (or a batch file) against the served model's
+reference, the verdict, the report, and a record in MLflow's ``monitoring`` experiment."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnistops.errors import DataError, MnistopsError
+from mnistops.monitor import checks, reference
+
+EXPERIMENT = "monitoring"
+VERDICT_CODE = {"ok": 0, "warn": 1, "drift": 2}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90s``, ``30m``, ``24h``, ``7d``, ``2w``."""
+    m = _DURATION.match(text)
+    if not m:
+        raise MnistopsError(f"--since {text!r} is not a duration: use a number and a unit, e.g. 30m, 24h, 7d")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def read_batch(path: Path) -> np.ndarray:
+    """``uint8 (n, 28, 28)`` from an ``.npz`` holding ``images`` (``(n, 28, 28)`` or ``(n, 784)``, 0..255)."""
+    if not path.is_file():
+        raise DataError(f"no batch file at {path}: give an .npz with an 'images' array")
+    try:
+        with np.load(path) as z:
+            if "images" not in z:
+                raise DataError(f"{path} holds {sorted(z.files)}, no 'images' array: save the batch as images=...")
+            images = np.asarray(z["images"])
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} is not a readable .npz file ({exc})") from None
+    if images.ndim not in (2, 3) or len(images) == 0 or int(np.prod(images.shape[1:])) != 784:
+        raise DataError(f"{path}: images have shape {list(images.shape)}; expected (n, 28, 28) or (n, 784), n >= 1")
+    if images.dtype.kind not in "iu" or images.min() < 0 or images.max() > 255:
+        raise DataError(f"{path}: images must be integers 0..255 (dtype {images.dtype})")
+    return images.astype(np.uint8).reshape(-1, 28, 28)
+
+
+@dataclass
+class Watched:
+    """The model a monitoring run watches."""
+
+    uri: str
+    name: str
+    version: str
+    run_id: str
+
+
+def watched(tracking_uri: str, model_uri: str) -> Watched:
+    from mnistops.serve import model as models
+
+    name, version, run_id = models.resolve(model_uri, tracking_uri)
+    if not run_id and model_uri.startswith("runs:/"):
+        run_id = model_uri.removeprefix("runs:/").split("/", 1)[0]
+    if not run_id:
+        raise MnistopsError(
+            f"cannot tell which training run made {model_uri}: use models:/NAME@ALIAS or runs:/RUN_ID/model"
+        )
+    return Watched(model_uri, name, version, run_id)
+
+
+def monitor(
+    tracking_uri: str,
+    model_uri: str,
+    *,
+    batch: Path | None = None,
+    since: str | None = None,
+    prediction_log: str | None = None,
+    report: Path | None = None,
+    seed: int = 0,
+    record: bool = True,
+) -> dict[str, Any]:
+    """Check a batch file or the last ``since`` of the prediction log; the result as a dict.
+
+    Raises:
+        MnistopsError: no reference for the model, an empty window, a batch of the wrong shape...
+    """
+    if (batch is None) == (since is None):
+        raise MnistopsError("give exactly one of --batch FILE or --since DURATION (e.g. --since 24h)")
+    if report is not None and not report.parent.is_dir():
+        raise MnistopsError(f"the report's folder {report.parent} does not exist: create it or write elsewhere")
+    model = watched(tracking_uri, model_uri)
+    ref = reference.for_run(tracking_uri, model.run_id)
+    if batch is not None:
+        images = read_batch(batch)
+        from mnistops.serve import model as models
+
+        served = models.load(model.uri, tracking_uri)
+        proba = served.predict_proba(images)
+        predicted, confidence = proba.argmax(axis=1), proba.max(axis=1)
+        window: dict[str, Any] = {"batch": str(batch)}
+    else:
+        assert since is not None
+        seconds = parse_duration(since)
+        images, predicted, confidence, window = _from_log(prediction_log, seconds, model)
+    started = time.perf_counter()
+    result = checks.compare(ref, images, predicted, confidence, seed)
+    elapsed = time.perf_counter() - started
+    about = {
+        "model": f"{model.name or model.uri} version {model.version or '-'}",
+        "training run": model.run_id,
+        **{k: v for k, v in window.items()},
+        "inputs": len(images),
+        "checked at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+    from mnistops.monitor.report import render
+
+    page = render(ref, result, images, f"mnistops monitoring: {about['model']}", about)
+    out = {**result.to_dict(), "model": dict(model.__dict__), "window": window, "seconds": round(elapsed, 3)}
+    if report is not None:
+        tmp = report.with_name(report.name + ".part")
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(report)  # never a half-written report
+        out["report"] = str(report)
+    if record:
+        out["monitoring_run"] = _record(tracking_uri, model, result, out, page)
+    return out
+
+
+def _from_log(
+    path: str | None, seconds: float, model: Watched
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    from mnistops.serve.predlog import read
+
+    if not path:
+        raise MnistopsError("serve.prediction_log is not set: there is no prediction log to read")
+    log_path = Path(path)
+    if not log_path.is_file():
+        raise MnistopsError(f"no prediction log at {log_path}: serve a model first (mnistops serve), or pass --batch")
+    now = time.time()
+    rows = read(log_path, since=now - seconds, until=now)
+    keep = rows["version"] == model.version if model.version else np.ones(len(rows["ts"]), bool)
+    if not keep.any():
+        versions = sorted(set(rows["version"].tolist()))
+        raise MnistopsError(
+            f"the prediction log {log_path} holds no predictions of {model.name} version {model.version} in the last "
+            f"{_human(seconds)}" + (f" (only of versions {', '.join(versions)})" if versions else "")
+        )
+    window = {
+        "prediction log": str(log_path),
+        "since": _human(seconds),
+        "from": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(rows["ts"][keep].min()))),
+    }
+    return rows["images"][keep], rows["label"][keep], rows["confidence"][keep], window
+
+
+def _human(seconds: float) -> str:
+    for unit in ("w", "d", "h", "m"):
+        if seconds >= _UNIT[unit] and seconds % _UNIT[unit] == 0:
+            return f"{int(seconds // _UNIT[unit])}{unit}"
+    return f"{seconds:g}s"
+
+
+def _record(tracking_uri: str, model: Watched, result: checks.Result, out: dict[str, Any], page: str) -> str:
+    """A run in the ``monitoring`` experiment: the verdict, each check's p-value, the report."""
+    from mnistops.tracking.store import client
+
+    c = client(tracking_uri)
+    experiment = c.get_experiment_by_name(EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else c.create_experiment(EXPERIMENT)
+    tags = {
+        "mnistops.run_type": "monitoring",
+        "mnistops.monitor.model": model.name,
+        "mnistops.monitor.model_version": model.version,
+        "mnistops.monitor.model_run": model.run_id,
+        "mnistops.monitor.verdict": result.verdict,
+    }
+    run = c.create_run(experiment_id, tags=tags, run_name=f"monitor {model.name} v{model.version} {result.verdict}")
+    rid = run.info.run_id
+    try:
+        c.log_param(rid, "window", json.dumps(out["window"]))
+        c.log_param(rid, "n", result.n)
+        c.log_metric(rid, "verdict", VERDICT_CODE[result.verdict])
+        for check in result.checks:
+            c.log_metric(rid, f"p_{check.name}", check.p_value)
+        c.log_text(rid, json.dumps(out, indent=2, default=str), "monitoring/result.json")
+        c.log_text(rid, page, "monitoring/report.html")
+        c.set_terminated(rid, "FINISHED")
+    except BaseException:
+        c.set_terminated(rid, "FAILED")
+        raise
+    return str(rid)
+
+
+def last_verdict(tracking_uri: str, name: str, version: str) -> str | None:
+    """The verdict of the newest monitoring run that watched ``name`` version ``version``, if any."""
+    from mnistops.tracking.store import client
+
+    c = client(tracking_uri)
+    experiment = c.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return None
+    runs = c.search_runs(
+        [experiment.experiment_id],
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+        filter_string=f"tags.`mnistops.monitor.model` = '{name}' and "
+        f"tags.`mnistops.monitor.model_version` = '{version}'",
+    )
+    return str(runs[0].data.tags.get("mnistops.monitor.verdict")) if runs else None
