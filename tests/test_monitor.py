@@ -141,5 +141,10 @@ def test_a_batch_file_is_checked_before_anything_runs(tmp_path: Path) -> None:
 def test_durations() -> None:
     assert parse_duration("24h") == 86400 and parse_duration("30m") == 1800 and parse_duration("1.5d") == 129600
     assert parse_duration("90s") == 90 and parse_duration("2w") == 1209600
-    with pytest.raises(MnistopsError, match="is not a duration: use a number and a unit"):
+    with pytest.raises(MnistopsError, match="is not a duration or a time: use a number and a unit"):
         parse_duration("yesterday")
+    from mnistops.monitor.run import window_start
+
+    assert window_start("2h", 10_000.0) == 2800.0
+    assert window_start("1970-01-01T01:00:00Z", 0) == 3600.0 == window_start("1970-01-01T01:00:00", 0)
+    assert window_start("1970-01-01T02:00:00+01:00", 0) == 3600.0

@@ -25,8 +25,25 @@ def parse_duration(text: str) -> float:
     """Seconds in ``90s``, ``30m``, ``24h``, ``7d``, ``2w``."""
     m = _DURATION.match(text)
     if not m:
-        raise MnistopsError(f"--since {text!r} is not a duration: use a number and a unit, e.g. 30m, 24h, 7d")
+        raise MnistopsError(
+            f"--since {text!r} is not a duration or a time: use a number and a unit (30m, 24h, 7d) "
+            "or an ISO time (2026-11-27T09:00:00Z)"
+        )
     return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def window_start(text: str, now: float) -> float:
+    """The start of a ``--since`` window: ``now`` less a duration (``24h``), or an ISO 8601 time
+    (UTC unless it says otherwise)."""
+    from datetime import UTC, datetime
+
+    if not _DURATION.match(text):
+        try:
+            when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        except ValueError:
+            return now - parse_duration(text)  # raises the message for either form
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    return now - parse_duration(text)
 
 
 def read_batch(path: Path) -> np.ndarray:
@@ -102,8 +119,7 @@ def monitor(
         window: dict[str, Any] = {"batch": str(batch)}
     else:
         assert since is not None
-        seconds = parse_duration(since)
-        images, predicted, confidence, window = _from_log(prediction_log, seconds, model)
+        images, predicted, confidence, window = _from_log(prediction_log, since, model)
     started = time.perf_counter()
     result = checks.compare(ref, images, predicted, confidence, seed)
     elapsed = time.perf_counter() - started
@@ -129,7 +145,7 @@ def monitor(
 
 
 def _from_log(
-    path: str | None, seconds: float, model: Watched
+    path: str | None, since: str, model: Watched
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     from mnistops.serve.predlog import read
 
@@ -139,27 +155,26 @@ def _from_log(
     if not log_path.is_file():
         raise MnistopsError(f"no prediction log at {log_path}: serve a model first (mnistops serve), or pass --batch")
     now = time.time()
-    rows = read(log_path, since=now - seconds, until=now)
+    start = window_start(since, now)
+    rows = read(log_path, since=start, until=now)
     keep = rows["version"] == model.version if model.version else np.ones(len(rows["ts"]), bool)
     if not keep.any():
         versions = sorted(set(rows["version"].tolist()))
         raise MnistopsError(
-            f"the prediction log {log_path} holds no predictions of {model.name} version {model.version} in the last "
-            f"{_human(seconds)}" + (f" (only of versions {', '.join(versions)})" if versions else "")
+            f"the prediction log {log_path} holds no predictions of {model.name} version {model.version} since "
+            f"{_human(since, start)}" + (f" (only of versions {', '.join(versions)})" if versions else "")
         )
     window = {
         "prediction log": str(log_path),
-        "since": _human(seconds),
+        "since": _human(since, start),
         "from": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(rows["ts"][keep].min()))),
     }
     return rows["images"][keep], rows["label"][keep], rows["confidence"][keep], window
 
 
-def _human(seconds: float) -> str:
-    for unit in ("w", "d", "h", "m"):
-        if seconds >= _UNIT[unit] and seconds % _UNIT[unit] == 0:
-            return f"{int(seconds // _UNIT[unit])}{unit}"
-    return f"{seconds:g}s"
+def _human(since: str, start: float) -> str:
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start))
+    return f"{when} (the last {since.strip()})" if _DURATION.match(since) else when
 
 
 def _record(tracking_uri: str, model: Watched, result: checks.Result, out: dict[str, Any], page: str) -> str:

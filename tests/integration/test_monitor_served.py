@@ -1,0 +1,172 @@
+"""Monitoring a served model end to end: a real server on loopback records what it answers; clean
+images then rotated ones go through the HTTP API; `mnistops monitor --since` over each window says
+ok then drift, writes a report that opens offline in Chromium, records the runs in MLflow, and the
+server's gauge follows."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import CLOSED_MIRROR, one_line_error
+from mnistops.serve import launch
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+class Work:
+    def __init__(self, path: Path, session_cache: Path) -> None:
+        self.path = path
+        self.env = {"MLFLOW_TRACKING_URI": f"sqlite:///{path / 'mlflow.db'}", "MNISTOPS_CACHE_DIR": str(session_cache),
+                    "MNISTOPS_MIRRORS": CLOSED_MIRROR, "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mnistops", *args], cwd=self.path, capture_output=True, text=True,
+                              timeout=600, env={**os.environ, **self.env}, check=False)  # fmt: skip
+
+
+def gauge(server: launch.Server) -> float:
+    line = next(ln for ln in server.get("/metrics").splitlines() if ln.startswith("mnistops_drift_verdict "))
+    return float(line.split()[1])
+
+
+def wait_for_gauge(server: launch.Server, value: float, timeout: float = 30) -> float:
+    deadline = time.monotonic() + timeout
+    while gauge(server) != value and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return gauge(server)
+
+
+def send(server: launch.Server, images: np.ndarray) -> None:
+    for i in range(0, len(images), 100):
+        answer = server.predict(images[i : i + 100])
+        assert len(answer["predictions"]) == len(images[i : i + 100]), answer
+
+
+def test_clean_then_rotated_traffic_is_ok_then_drift(tmp_path: Path, session_cache: Path) -> None:
+    work = Work(tmp_path, session_cache)
+    trained = work.cli("train", "--promote", "--json", "--set", "model.params.n_estimators=30",
+                       "--set", "model.params.max_depth=16")  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    for kind, seed in (("none", 0), ("rotate", 1)):
+        made = work.cli("monitor", "simulate", "--shift", kind, "--n", "500", "--seed", str(seed), "--out",
+                        f"{kind}.npz")  # fmt: skip
+        assert made.returncode == 0, made.stderr
+    clean = np.load(tmp_path / "none.npz")["images"]
+    rotated = np.load(tmp_path / "rotate.npz")["images"]
+
+    server = launch.start(["--set", "serve.poll_seconds=0.5"], env=work.env, cwd=tmp_path)
+    try:
+        launch.wait_ready(server)
+        assert gauge(server) == -1  # no monitoring run yet
+        started = time.time()
+        send(server, clean)
+        time.sleep(1.0)  # the writer thread flushes every 0.2 s
+        window = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started - 0.5))
+        ok = work.cli("monitor", "--since", window, "--report", "clean.html", "--json")
+        assert ok.returncode == 0, ok.stderr[-3000:]
+        ok_result = json.loads(ok.stdout)
+        assert ok_result["verdict"] in ("ok", "warn") and ok_result["n"] == 500
+        assert wait_for_gauge(server, {"ok": 0, "warn": 1}[ok_result["verdict"]]) in (0, 1)
+
+        time.sleep(2.0)  # the next window starts a second after this one ends (whole seconds)
+        started = time.time()
+        send(server, rotated)
+        time.sleep(1.0)
+        window = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started - 0.5))
+        drift = work.cli("monitor", "--since", window, "--report", "rotated.html", "--json")
+        assert drift.returncode == 1, drift.stderr[-3000:]
+        result = json.loads(drift.stdout)
+        assert result["verdict"] == "drift" and result["n"] == 500  # only the rotated window
+        assert {c["name"]: c["verdict"] for c in result["checks"]}["input"] == "drift"
+        assert wait_for_gauge(server, 2) == 2
+    finally:
+        assert server.stop() == 0
+
+    runs = read_monitoring_runs(work)
+    assert [r["verdict"] for r in runs] == [ok_result["verdict"], "drift"]
+    assert all(r["version"] == "1" and r["status"] == "FINISHED" for r in runs)
+    assert all({"monitoring/report.html", "monitoring/result.json"} <= set(r["artifacts"]) for r in runs)
+    opened = open_offline(tmp_path / "rotated.html", tmp_path / "rotated.png")
+    assert opened["requests"] == [] and opened["errors"] == [] and "DRIFT" in opened["text"]
+
+
+RUNS = """
+import json
+from mlflow.tracking import MlflowClient
+c = MlflowClient()
+exp = c.get_experiment_by_name("monitoring")
+runs = c.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+print(json.dumps([{"verdict": r.data.tags["mnistops.monitor.verdict"], "status": r.info.status,
+                   "version": r.data.tags["mnistops.monitor.model_version"],
+                   "artifacts": [f.path for f in c.list_artifacts(r.info.run_id, "monitoring")]} for r in runs]))
+"""
+
+
+def read_monitoring_runs(work: Work) -> list[dict[str, Any]]:
+    from conftest import read_store
+
+    return read_store(work.env["MLFLOW_TRACKING_URI"], RUNS)  # type: ignore[return-value]
+
+
+def open_offline(page: Path, screenshot: Path) -> dict[str, Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("needs Debian's chromium (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    requests: list[str] = []
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu",
+                                    "--disable-background-networking", "--no-first-run"])  # fmt: skip
+        try:
+            tab = browser.new_page()
+            tab.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
+            tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            tab.on("pageerror", lambda e: errors.append(str(e)))
+            tab.goto(page.as_uri())
+            tab.screenshot(path=str(screenshot), full_page=True)
+            text = tab.inner_text("body")
+            broken = tab.eval_on_selector_all("img", "imgs => imgs.filter(i => !i.complete || !i.naturalWidth).length")
+        finally:
+            browser.close()
+    assert broken == 0
+    return {"requests": requests, "errors": errors, "text": text}
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, session_cache: Path) -> None:
+    work = Work(tmp_path, session_cache)
+    trained = work.cli("train", "--json", "--set", "model.params.n_estimators=10", "--set", "model.params.max_depth=10")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    model = "models:/mnist-classifier/1"
+
+    line = one_line_error(work.cli("monitor", "--since", "1h", "--model", model))
+    assert "no prediction log at" in line and "predictions.db" in line
+    from mnistops.serve.predlog import PredictionLog
+
+    PredictionLog(tmp_path / "predictions.db").close()  # a log with nothing in it
+    line = one_line_error(work.cli("monitor", "--since", "1h", "--model", model))
+    assert "holds no predictions of mnist-classifier version 1 since" in line and "(the last 1h)" in line
+    np.savez(tmp_path / "bad.npz", images=np.zeros((5, 27, 27), np.uint8))
+    line = one_line_error(work.cli("monitor", "--batch", "bad.npz", "--model", model))
+    assert "images have shape [5, 27, 27]; expected (n, 28, 28) or (n, 784)" in line
+    assert "exactly one of --batch FILE or --since" in one_line_error(work.cli("monitor", "--model", model))
+    assert "is not a duration" in one_line_error(work.cli("monitor", "--since", "soon", "--model", model))
+
+    # A model trained before monitoring existed: its run has no reference profile.
+    reference = next(tmp_path.glob("mlruns/**/monitoring/reference.npz"))
+    reference.unlink()
+    np.savez(tmp_path / "good.npz", images=np.zeros((5, 28, 28), np.uint8))
+    proc = work.cli("monitor", "--batch", "good.npz", "--model", model)
+    assert proc.returncode == 2
+    assert "has no reference profile" in one_line_error(proc) and "retrain it" in one_line_error(proc)
+    assert not (tmp_path / "report.html").exists()
