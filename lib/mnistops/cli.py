@@ -545,7 +545,7 @@ def monitor_cmd(
     cfg, uri = _store(config, set_)
     uri_watched = model or model_uri(cfg.serve, cfg.tracking.registered_model)
     result = monitor(uri, uri_watched, batch=batch, since=since, prediction_log=cfg.serve.prediction_log,
-                     report=report, seed=seed)  # fmt: skip
+                     report=report, seed=seed).out  # fmt: skip
     if as_json:
         _emit_json(result)
     else:

@@ -99,6 +99,19 @@ def test_clean_then_rotated_traffic_is_ok_then_drift(tmp_path: Path, session_cac
     opened = open_offline(tmp_path / "rotated.html", tmp_path / "rotated.png")
     assert opened["requests"] == [] and opened["errors"] == [] and "DRIFT" in opened["text"]
 
+    # The scheduled job: the monitoring notebook over the rotated window fails its batch on drift.
+    root = Path(__file__).resolve().parents[2]
+    command = [sys.executable, str(root / "run_notebooks.py"), "--only", "06_monitor", "-p", "since", window,
+               "-p", "fail_on_drift", "True", "--out", str(tmp_path / "outputs"), "--json"]  # fmt: skip
+    job = subprocess.run(command, cwd=tmp_path, env={**os.environ, **work.env}, capture_output=True, text=True,
+                         timeout=600, check=False)  # fmt: skip
+    assert job.returncode != 0, job.stderr[-3000:]
+    assert "drift in models:/mnist-classifier@champion version 1" in one_line_error(job)
+    runs = read_monitoring_runs(work)
+    assert [r["verdict"] for r in runs][-1] == "drift" and runs[-1]["batch_run_id"]
+    html = next((tmp_path / "outputs").glob("*/06_monitor.html")).read_text()
+    assert "verdict: drift over 500 inputs" in html
+
 
 RUNS = """
 import json
@@ -108,6 +121,7 @@ exp = c.get_experiment_by_name("monitoring")
 runs = c.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
 print(json.dumps([{"verdict": r.data.tags["mnistops.monitor.verdict"], "status": r.info.status,
                    "version": r.data.tags["mnistops.monitor.model_version"],
+                   "batch_run_id": r.data.tags.get("mnistops.batch_run_id", ""),
                    "artifacts": [f.path for f in c.list_artifacts(r.info.run_id, "monitoring")]} for r in runs]))
 """
 

@@ -22,7 +22,7 @@ def _img(fig: Any, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _histograms(ref: Reference, result: Result, k: int = 8) -> Any:
+def histograms(ref: Reference, result: Result, k: int = 8) -> Any:
     """Reference against current for the ``k`` features that moved most."""
     names = [*FEATURES, *(f"pca_{i + 1}" for i in range(ref.projections.shape[1]))]
     ours = np.column_stack([result.current["features"], result.current["projections"]])
@@ -48,7 +48,7 @@ def _histograms(ref: Reference, result: Result, k: int = 8) -> Any:
     return fig
 
 
-def _predictions(ref: Reference, result: Result) -> Any:
+def answers(ref: Reference, result: Result) -> Any:
     fig = new_figure(9, 2.8)
     fig.subplots_adjust(left=0.07, right=0.98, top=0.85, bottom=0.15, wspace=0.25)
     ax = fig.add_subplot(1, 2, 1)
@@ -83,15 +83,30 @@ def _mosaic(images: np.ndarray, captions: list[str], title: str, cols: int = 10)
     return fig
 
 
-def render(ref: Reference, result: Result, images: np.ndarray, title: str, about: dict[str, Any]) -> str:
-    """The report as one HTML document."""
-    images = np.asarray(images, np.uint8).reshape(-1, 28, 28)
+def mean_images(result: Result, images: np.ndarray) -> Any:
+    """The mean input of each predicted class, and how many there were."""
     predicted = result.current["predicted"]
     means = [images[predicted == c].mean(axis=0) if (predicted == c).any() else np.zeros((28, 28)) for c in range(10)]
     counts = [int((predicted == c).sum()) for c in range(10)]
-    errors = result.current["errors"]
+    return _mosaic(np.asarray(means), [f"{c} (n={counts[c]})" for c in range(10)], "mean input per predicted class")
+
+
+def far_inputs(ref: Reference, result: Result, images: np.ndarray, k: int = 20) -> Any | None:
+    """The ``k`` inputs farthest from the training images (past the reference's threshold), with the
+    class answered; None when there are none."""
+    errors, predicted = result.current["errors"], result.current["predicted"]
     far = np.flatnonzero(errors > float(ref.ood_threshold))
-    far = far[np.argsort(-errors[far])][:20]
+    if not len(far):
+        return None
+    far = far[np.argsort(-errors[far])][:k]
+    captions = [f"→{int(predicted[i])} e={errors[i]:.2f}" for i in far]
+    return _mosaic(images[far], captions, "the farthest inputs, with the class answered")
+
+
+def render(ref: Reference, result: Result, images: np.ndarray, title: str, about: dict[str, Any]) -> str:
+    """The report as one HTML document."""
+    images = np.asarray(images, np.uint8).reshape(-1, 28, 28)
+    far_fig = far_inputs(ref, result, images)
     rows = "".join(
         f'<tr><td>{html.escape(c.name)}</td><td style="color:{COLOURS[c.verdict]};font-weight:bold">{c.verdict}</td>'
         f"<td>{c.p_value:.3g}</td><td>{html.escape(c.summary)}</td><td>{html.escape(_explain(c.name))}</td></tr>"
@@ -110,20 +125,16 @@ def render(ref: Reference, result: Result, images: np.ndarray, title: str, about
         "<table><tr><th>check</th><th>verdict</th><th>p-value</th><th>what was seen</th><th>what it means</th></tr>",
         rows,
         "</table><h2>Inputs</h2>",
-        _img(_histograms(ref, result), "feature histograms"),
+        _img(histograms(ref, result), "feature histograms"),
         "<h2>Answers</h2>",
-        _img(_predictions(ref, result), "predicted classes and confidence"),
+        _img(answers(ref, result), "predicted classes and confidence"),
         "<h2>Mean image per predicted class</h2>",
         "<p>What the inputs the model called each digit look like on average.</p>",
-        _img(
-            _mosaic(np.asarray(means), [f"{c} (n={counts[c]})" for c in range(10)], "mean input per predicted class"),
-            "mean images",
-        ),
+        _img(mean_images(result, images), "mean images"),
         "<h2>Inputs far from the training images</h2>",
     ]
-    if len(far):
-        captions = [f"→{int(predicted[i])} e={errors[i]:.2f}" for i in far]
-        parts.append(_img(_mosaic(images[far], captions, "the farthest inputs, with the class answered"), "ood"))
+    if far_fig is not None:
+        parts.append(_img(far_fig, "the farthest inputs"))
     else:
         parts.append("<p>None: every input is as close to the training images as 99% of them are.</p>")
     parts.append("</body></html>")

@@ -87,39 +87,57 @@ def watched(tracking_uri: str, model_uri: str) -> Watched:
     return Watched(model_uri, name, version, run_id)
 
 
+@dataclass
+class Monitored:
+    """A monitoring run's outcome: ``out`` (what ``--json`` prints), and what a notebook draws."""
+
+    out: dict[str, Any]
+    result: checks.Result
+    ref: reference.Reference
+    images: np.ndarray
+
+
+class DriftDetected(MnistopsError):
+    """A notebook asked to fail on drift, and there was drift."""
+
+    exit_code = 1
+
+
 def monitor(
     tracking_uri: str,
     model_uri: str,
     *,
     batch: Path | None = None,
     since: str | None = None,
+    images: np.ndarray | None = None,
     prediction_log: str | None = None,
     report: Path | None = None,
     seed: int = 0,
     record: bool = True,
-) -> dict[str, Any]:
-    """Check a batch file or the last ``since`` of the prediction log; the result as a dict.
+    parent_run_id: str = "",
+) -> Monitored:
+    """Check a batch file, the ``since`` window of the prediction log, or ``images``; see :class:`Monitored`.
 
     Raises:
         MnistopsError: no reference for the model, an empty window, a batch of the wrong shape...
     """
-    if (batch is None) == (since is None):
+    if sum(x is not None for x in (batch, since, images)) != 1:
         raise MnistopsError("give exactly one of --batch FILE or --since DURATION (e.g. --since 24h)")
     if report is not None and not report.parent.is_dir():
         raise MnistopsError(f"the report's folder {report.parent} does not exist: create it or write elsewhere")
     model = watched(tracking_uri, model_uri)
     ref = reference.for_run(tracking_uri, model.run_id)
-    if batch is not None:
-        images = read_batch(batch)
+    if batch is not None or images is not None:
+        window: dict[str, Any] = {"batch": str(batch)} if batch is not None else {"batch": "given images"}
+        images = read_batch(batch) if batch is not None else _checked(images)
         from mnistops.serve import model as models
 
         served = models.load(model.uri, tracking_uri)
         proba = served.predict_proba(images)
         predicted, confidence = proba.argmax(axis=1), proba.max(axis=1)
-        window: dict[str, Any] = {"batch": str(batch)}
     else:
         assert since is not None
-        images, predicted, confidence, window = _from_log(prediction_log, since, model)
+        images, predicted, confidence, window = _from_log(prediction_log, since, model, tracking_uri)
     started = time.perf_counter()
     result = checks.compare(ref, images, predicted, confidence, seed)
     elapsed = time.perf_counter() - started
@@ -140,18 +158,25 @@ def monitor(
         tmp.replace(report)  # never a half-written report
         out["report"] = str(report)
     if record:
-        out["monitoring_run"] = _record(tracking_uri, model, result, out, page)
-    return out
+        out["monitoring_run"] = _record(tracking_uri, model, result, out, page, parent_run_id)
+    return Monitored(out, result, ref, images)
+
+
+def _checked(images: Any) -> np.ndarray:
+    arr = np.asarray(images)
+    if arr.ndim not in (2, 3) or len(arr) == 0 or int(np.prod(arr.shape[1:])) != 784 or arr.dtype.kind not in "iu":
+        raise DataError(f"images have shape {list(arr.shape)} and dtype {arr.dtype}; expected uint8 (n, 28, 28)")
+    return arr.astype(np.uint8).reshape(-1, 28, 28)
 
 
 def _from_log(
-    path: str | None, since: str, model: Watched
+    path: str | None, since: str, model: Watched, tracking_uri: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     from mnistops.serve.predlog import read
 
     if not path:
         raise MnistopsError("serve.prediction_log is not set: there is no prediction log to read")
-    log_path = Path(path)
+    log_path = resolve_log(path, tracking_uri)
     if not log_path.is_file():
         raise MnistopsError(f"no prediction log at {log_path}: serve a model first (mnistops serve), or pass --batch")
     now = time.time()
@@ -172,12 +197,24 @@ def _from_log(
     return rows["images"][keep], rows["label"][keep], rows["confidence"][keep], window
 
 
+def resolve_log(path: str, tracking_uri: str) -> Path:
+    """The prediction log ``path`` names: as given when it exists there, else (a relative path) the
+    same name beside a SQLite store, where ``mnistops serve`` started in the project's root keeps
+    it (a notebook's kernel runs in notebooks/)."""
+    given = Path(path)
+    if given.exists() or given.is_absolute() or not tracking_uri.startswith("sqlite:///"):
+        return given
+    beside = Path(tracking_uri.removeprefix("sqlite:///")).parent / given
+    return beside if beside.exists() else given
+
+
 def _human(since: str, start: float) -> str:
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start))
     return f"{when} (the last {since.strip()})" if _DURATION.match(since) else when
 
 
-def _record(tracking_uri: str, model: Watched, result: checks.Result, out: dict[str, Any], page: str) -> str:
+def _record(tracking_uri: str, model: Watched, result: checks.Result, out: dict[str, Any], page: str,
+            parent_run_id: str = "") -> str:  # fmt: skip
     """A run in the ``monitoring`` experiment: the verdict, each check's p-value, the report."""
     from mnistops.tracking.store import client
 
@@ -191,6 +228,9 @@ def _record(tracking_uri: str, model: Watched, result: checks.Result, out: dict[
         "mnistops.monitor.model_run": model.run_id,
         "mnistops.monitor.verdict": result.verdict,
     }
+    if parent_run_id:  # a notebook batch (06_monitor): its executed copy is the report a person opens
+        tags["mnistops.batch_run_id"] = parent_run_id
+        tags["mlflow.parentRunId"] = parent_run_id
     run = c.create_run(experiment_id, tags=tags, run_name=f"monitor {model.name} v{model.version} {result.verdict}")
     rid = run.info.run_id
     try:
