@@ -6,7 +6,8 @@ recipe (``configs/cnn.yaml``): its test accuracy and wall time; (3) the notebook
 RandomForest pipeline (120 trees, depth 20) wall time. All end to end, each in its own process,
 on a fresh SQLite store whose tables are created before timing. Prints one JSON line.
 
-Targets: 0.990 in no more time than the notebook's pipeline; 0.994 within 5 minutes.
+Targets: 0.990 in no more time than the notebook's pipeline; 0.994 within 5x the notebook
+pipeline's wall time measured in the same run (a ratio holds on any machine; seconds do not).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import measure
+from bench_notebooks import processor
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST_TARGET, FULL_TARGET, FULL_WALL_S = 0.990, 0.994, 300.0
+FAST_TARGET, FULL_TARGET, FULL_WALL_RATIO = 0.990, 0.994, 5.0
 
 
 def main(max_fast_epochs: int = 4) -> None:
@@ -64,13 +66,14 @@ def main(max_fast_epochs: int = 4) -> None:
         "fast_reaches_0.990": float(fast["accuracy"]) >= FAST_TARGET,  # type: ignore[arg-type]
         "fast_within_notebook_wall": float(fast["wall_s"]) <= float(nb["wall_s"]),  # type: ignore[arg-type]
         "full_reaches_0.994": float(full["accuracy"]) >= FULL_TARGET,  # type: ignore[arg-type]
-        "full_within_5_min": float(full["wall_s"]) <= FULL_WALL_S,  # type: ignore[arg-type]
+        "full_within_5x_notebook": float(full["wall_s"]) <= FULL_WALL_RATIO * float(nb["wall_s"]),  # type: ignore[arg-type]
     }
     print(json.dumps({
-        "benchmark": "cnn", "cpu_count": os.cpu_count(),
+        "benchmark": "cnn", "processor": processor(), "cpu_count": os.cpu_count(),
         "notebook_rf": {"wall_s": nb["wall_s"], "accuracy": round(nb_json["accuracy"], 5)},
         "fast": fast, "fast_tries": fast_tries, "full": full,
         "fast_wall_ratio": round(float(fast["wall_s"]) / float(nb["wall_s"]), 3),  # type: ignore[arg-type]
+        "full_wall_ratio": round(float(full["wall_s"]) / float(nb["wall_s"]), 3),  # type: ignore[arg-type]
         "met": met,
     }))  # fmt: skip
 

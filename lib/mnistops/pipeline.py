@@ -233,7 +233,8 @@ def _train(cfg: Config, progress: Reporter, force: bool, register: bool, extra_t
     dists = provenance.installed()
     env = provenance.environment(dists)
     code = provenance.code_versions()
-    tags = {**run_tags(cfg, ds, split.fingerprint, env, code), **(extra_tags or {})}
+    # The device a model trains on (the CNN: cpu or cuda, the GPU's name, CUDA and cuDNN versions).
+    tags = {**run_tags(cfg, ds, split.fingerprint, env, code), **getattr(model, "tags", {}), **(extra_tags or {})}
     tags["mnistops.experiment"] = cfg.tracking.experiment
     if parent_run_id:
         store.get_run(uri, parent_run_id)  # a one-line error now, not an orphan run later

@@ -40,6 +40,25 @@ def test_cnn_run_beats_a_forest_champion_and_is_promoted(store: Path) -> None:
     assert str(model.aliases["previous"]) == forest["model_version"]
     history = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_metric_history(cnn["run_id"], "val_accuracy")
     assert [m.step for m in history] == [1] and 0.9 < history[0].value <= 1.0
+    tags = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(cnn["run_id"]).data.tags
+    import torch
+
+    assert tags["mnistops.device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # device: auto
+    assert tags["mnistops.torch"] == torch.__version__
+
+
+def test_device_cuda_without_a_gpu_is_one_line_naming_the_fix(store: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    from conftest import one_line_error
+
+    proc = run_cli("train", *FAST, "--set", "model.params.device=cuda")
+    line = one_line_error(proc)
+    assert proc.returncode == 2
+    assert "model.params.device is cuda, but torch sees no CUDA GPU here" in line and "use device: auto or cpu" in line
+    assert not (store / "mlruns").exists() or not any((store / "mlruns").rglob("meta.yaml"))  # no run started
 
 
 def test_cnn_run_reproduces_identically(store: Path, mnist: Dataset) -> None:

@@ -120,3 +120,35 @@ def test_without_torch_the_error_names_the_extra(store: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "model cnn needs PyTorch, which is not installed: pip install -e '.[cnn]'" in proc.stderr
+
+
+def test_auto_picks_the_cpu_here_and_bf16_falls_back_to_float32_on_it(small: tuple[np.ndarray, ...]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    model = build_model("cnn", {**TINY, "epochs": 1, "amp": "bf16"}, seed=0)
+    assert model.device.type == "cpu" and model.amp is False  # type: ignore[attr-defined]
+    assert model.tags["mnistops.device"] == "cpu"  # type: ignore[attr-defined]
+    x, y, _, _ = small
+    model.fit(x[:500], y[:500])
+    assert all(v.device.type == "cpu" for v in model.state_dict().values())  # type: ignore[attr-defined]
+    from mnistops.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"torch sees no CUDA GPU here .*: use device: auto or cpu"):
+        build_model("cnn", {**TINY, "device": "cuda"}, seed=0)
+
+
+def test_the_gpu_recipe_is_the_one_the_gpu_benchmark_chose() -> None:
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        import gpu_cnn
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    config = yaml.safe_load((root / "configs" / "cnn_gpu.yaml").read_text())["model"]["params"]
+    measured = gpu_cnn.recipe(gpu_cnn.CHOSEN)
+    assert {**config, "device": "cuda"} == measured
+    from mnistops.train import cnn, models
+
+    assert cnn.MODEL_FORMAT == models.MODEL_FORMAT

@@ -95,6 +95,8 @@ class CNNParams(_Params):
     val_fraction: float = Field(0.05, gt=0, lt=0.5)
     patience: int = Field(5, ge=1)
     threads: int = Field(0, ge=0)  # 0: all cores
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees a GPU
+    amp: Literal["off", "bf16"] = "off"  # bf16: the forward pass under bfloat16 autocast (CUDA)
 
 
 PARAMS: dict[str, type[_Params]] = {
@@ -374,7 +376,10 @@ def build_model(name: str, params: dict[str, Any], preprocess: str = "none", see
             raise MissingExtraError(
                 "model cnn needs PyTorch, which is not installed: pip install -e '.[cnn]' (see README)"
             ) from None
-        from mnistops.train.cnn import TorchCNN
+        from mnistops.train.cnn import DeviceError, TorchCNN
 
-        return TorchCNN(full, preprocess=preprocess, seed=seed)
+        try:
+            return TorchCNN(full, preprocess=preprocess, seed=seed)
+        except DeviceError as exc:
+            raise ConfigError(str(exc)) from None
     return SklearnModel(name, full, preprocess, seed)
