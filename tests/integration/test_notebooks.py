@@ -97,30 +97,6 @@ def test_the_batch_runs_every_notebook_and_keeps_each_executed_copy(seed_batch: 
 
 
 @pytest.mark.slow
-def test_the_serving_notebook_runs_only_when_asked_and_stops_its_server(seed_batch: tuple[Path, dict[str, Any]],
-                                                                      session_cache: Path) -> None:  # fmt: skip
-    """``--only 05`` after the batch: the model the batch trained, served on loopback, answers as it
-    does offline; the server is gone when the notebook ends."""
-    import psutil
-
-    work, _ = seed_batch
-    proc = run_batch(work, session_cache, "--only", "05", "--json")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(proc.stdout)
-    assert [(nb["name"], nb["status"]) for nb in result["notebooks"]] == [("05_serve", "completed")]
-    executed = nbformat.read(result["notebooks"][0]["ipynb"], as_version=4)
-    text = "".join("".join(o.get("text", "")) for c in executed.cells if c.cell_type == "code" for o in c.outputs)
-    assert "same classes as offline: True" in text
-    assert "largest probability difference below 1e-6: True" in text
-    assert "exit code 0" in text
-    images = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 2  # the held-out answers, the picture
-    store = str(work / "mlflow.db")
-    servers = [p for p in psutil.process_iter(["cmdline", "environ"]) if "serve" in (p.info["cmdline"] or [])]
-    assert [p for p in servers if store in str((p.info["environ"] or {}).get("MLFLOW_TRACKING_URI"))] == []
-
-
-@pytest.mark.slow
 def test_the_batch_run_holds_the_record_and_the_training_run_is_its_child(
     seed_batch: tuple[Path, dict[str, Any]],
 ) -> None:
@@ -431,3 +407,28 @@ def test_make_lab_serves_the_notebooks_and_the_project_kernel_on_loopback(tmp_pa
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_the_serving_notebook_runs_only_when_asked_and_stops_its_server(seed_batch: tuple[Path, dict[str, Any]],
+                                                                      session_cache: Path) -> None:  # fmt: skip
+    """``--only 05`` after the batch: the model the batch trained, served on loopback, answers as it
+    does offline; the server is gone when the notebook ends. Last in this file: it adds a batch
+    run to the store the other tests read."""
+    import psutil
+
+    work, _ = seed_batch
+    proc = run_batch(work, session_cache, "--only", "05", "--json")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout)
+    assert [(nb["name"], nb["status"]) for nb in result["notebooks"]] == [("05_serve", "completed")]
+    executed = nbformat.read(result["notebooks"][0]["ipynb"], as_version=4)
+    text = "".join("".join(o.get("text", "")) for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "same classes as offline: True" in text
+    assert "largest probability difference below 1e-6: True" in text
+    assert "exit code 0" in text
+    images = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 2  # the held-out answers, the picture
+    store = str(work / "mlflow.db")
+    servers = [p for p in psutil.process_iter(["cmdline", "environ"]) if "serve" in (p.info["cmdline"] or [])]
+    assert [p for p in servers if store in str((p.info["environ"] or {}).get("MLFLOW_TRACKING_URI"))] == []
