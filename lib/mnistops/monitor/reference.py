@@ -51,9 +51,7 @@ class Reference:
 
     def reconstruction_error(self, images: np.ndarray) -> np.ndarray:
         """``(n,)``: how far each image lies from the space the training images span (RMS, 0..1 pixels)."""
-        centred = _flat(images) - self.pca_mean
-        back = (centred @ self.pca_components.T) @ self.pca_components
-        return np.sqrt(((centred - back) ** 2).mean(axis=1))
+        return _reconstruction_error(_flat(images), self.pca_mean, self.pca_components)
 
     def to_bytes(self) -> bytes:
         out = io.BytesIO()
@@ -78,23 +76,24 @@ def input_profile(images: np.ndarray, labels: np.ndarray, seed: int) -> dict[str
     rng = np.random.default_rng(seed)
     take = np.sort(rng.choice(len(images), min(SAMPLE, len(images)), replace=False))
     sample = images[take]
-    pca = PCA(COMPONENTS, random_state=seed, svd_solver="randomized").fit(_flat(sample))
-    ref = Reference(
-        image_features(sample),
-        pca.mean_,
-        pca.components_,
-        pca.transform(_flat(sample)),
-        np.zeros(()),
-        np.bincount(labels, minlength=10) / len(labels),
-        np.zeros(0, np.int64),
-        np.zeros(0),
-    )
-    threshold = np.quantile(ref.reconstruction_error(sample), OOD_QUANTILE)
-    profile = asdict(ref)
-    profile["ood_threshold"] = np.asarray(threshold)
-    for key in ("predicted", "confidence"):
-        profile.pop(key)
-    return profile
+    flat = _flat(sample)
+    pca = PCA(COMPONENTS, random_state=seed, svd_solver="randomized")
+    projections = pca.fit_transform(flat)
+    errors = _reconstruction_error(flat, pca.mean_, pca.components_)
+    return {
+        "features": image_features(sample),
+        "pca_mean": pca.mean_,
+        "pca_components": pca.components_,
+        "projections": projections,
+        "ood_threshold": np.asarray(np.quantile(errors, OOD_QUANTILE)),
+        "label_share": np.bincount(labels, minlength=10) / len(labels),
+    }
+
+
+def _reconstruction_error(flat: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
+    centred = flat - mean
+    back = (centred @ components.T) @ components
+    return np.sqrt(((centred - back) ** 2).mean(axis=1))
 
 
 def complete(profile: dict[str, np.ndarray], held_out_proba: np.ndarray) -> Reference:

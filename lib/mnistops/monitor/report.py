@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from mnistops.figures import new_figure, png_bytes
-from mnistops.monitor.checks import Result
+from mnistops.monitor.checks import EXPLAIN, Result
 from mnistops.monitor.features import FEATURES
 from mnistops.monitor.reference import Reference
 
@@ -109,7 +109,7 @@ def render(ref: Reference, result: Result, images: np.ndarray, title: str, about
     far_fig = far_inputs(ref, result, images)
     rows = "".join(
         f'<tr><td>{html.escape(c.name)}</td><td style="color:{COLOURS[c.verdict]};font-weight:bold">{c.verdict}</td>'
-        f"<td>{c.p_value:.3g}</td><td>{html.escape(c.summary)}</td><td>{html.escape(_explain(c.name))}</td></tr>"
+        f"<td>{c.p_value:.3g}</td><td>{html.escape(c.summary)}</td><td>{html.escape(EXPLAIN[c.name])}</td></tr>"
         for c in result.checks
     )
     facts = "".join(f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>" for k, v in about.items())
@@ -139,9 +139,3 @@ def render(ref: Reference, result: Result, images: np.ndarray, title: str, about
         parts.append("<p>None: every input is as close to the training images as 99% of them are.</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
-
-
-def _explain(name: str) -> str:
-    from mnistops.monitor.checks import EXPLAIN
-
-    return EXPLAIN[name]

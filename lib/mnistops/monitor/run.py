@@ -57,11 +57,7 @@ def read_batch(path: Path) -> np.ndarray:
             images = np.asarray(z["images"])
     except (OSError, ValueError) as exc:
         raise DataError(f"{path} is not a readable .npz file ({exc})") from None
-    if images.ndim not in (2, 3) or len(images) == 0 or int(np.prod(images.shape[1:])) != 784:
-        raise DataError(f"{path}: images have shape {list(images.shape)}; expected (n, 28, 28) or (n, 784), n >= 1")
-    if images.dtype.kind not in "iu" or images.min() < 0 or images.max() > 255:
-        raise DataError(f"{path}: images must be integers 0..255 (dtype {images.dtype})")
-    return images.astype(np.uint8).reshape(-1, 28, 28)
+    return checked_images(images, f"{path}: ")
 
 
 @dataclass
@@ -129,7 +125,7 @@ def monitor(
     ref = reference.for_run(tracking_uri, model.run_id)
     if batch is not None or images is not None:
         window: dict[str, Any] = {"batch": str(batch)} if batch is not None else {"batch": "given images"}
-        images = read_batch(batch) if batch is not None else _checked(images)
+        images = read_batch(batch) if batch is not None else checked_images(images)
         from mnistops.serve import model as models
 
         served = models.load(model.uri, tracking_uri)
@@ -144,7 +140,7 @@ def monitor(
     about = {
         "model": f"{model.name or model.uri} version {model.version or '-'}",
         "training run": model.run_id,
-        **{k: v for k, v in window.items()},
+        **window,
         "inputs": len(images),
         "checked at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
@@ -162,10 +158,13 @@ def monitor(
     return Monitored(out, result, ref, images)
 
 
-def _checked(images: Any) -> np.ndarray:
+def checked_images(images: Any, where: str = "") -> np.ndarray:
+    """``uint8 (n, 28, 28)`` from ``(n, 28, 28)`` or ``(n, 784)`` integers 0..255, else a DataError."""
     arr = np.asarray(images)
-    if arr.ndim not in (2, 3) or len(arr) == 0 or int(np.prod(arr.shape[1:])) != 784 or arr.dtype.kind not in "iu":
-        raise DataError(f"images have shape {list(arr.shape)} and dtype {arr.dtype}; expected uint8 (n, 28, 28)")
+    if arr.ndim not in (2, 3) or len(arr) == 0 or int(np.prod(arr.shape[1:])) != 784:
+        raise DataError(f"{where}images have shape {list(arr.shape)}; expected (n, 28, 28) or (n, 784), n >= 1")
+    if arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() > 255:
+        raise DataError(f"{where}images must be integers 0..255 (dtype {arr.dtype})")
     return arr.astype(np.uint8).reshape(-1, 28, 28)
 
 

@@ -242,11 +242,16 @@ def _version() -> str:
     return mnistops.__version__
 
 
-async def _read_body(request: Any, limit: int) -> bytes:
-    """The body, refused with 413 once it passes ``limit`` bytes (before it is all read)."""
+def _refuse_declared_size(request: Any, limit: int) -> None:
+    """413 from the ``Content-Length`` header alone, before any of the body is read."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BadInput(413, f"the body is {int(declared):,} bytes; at most {limit:,} (serve.max_body_bytes)")
+
+
+async def _read_body(request: Any, limit: int) -> bytes:
+    """The body, refused with 413 once it passes ``limit`` bytes (before it is all read)."""
+    _refuse_declared_size(request, limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -258,9 +263,7 @@ async def _read_body(request: Any, limit: int) -> bytes:
 
 async def _read_upload(request: Any, limit: int) -> bytes:
     """The first file of a multipart form, within ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadInput(413, f"the body is {int(declared):,} bytes; at most {limit:,} (serve.max_body_bytes)")
+    _refuse_declared_size(request, limit)
     try:
         form = await request.form(max_files=1, max_fields=10)
     except Exception as exc:

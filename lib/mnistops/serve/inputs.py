@@ -144,7 +144,7 @@ def mnist_like(gray: np.ndarray) -> np.ndarray:
     into 20x20, centred by mass in 28x28 (how MNIST's own images were made)."""
     from PIL import Image
 
-    background = float(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])))
+    background = float(np.median(_border(gray)))
     if background > 127:  # dark ink on a light background: MNIST is light on dark
         gray, background = 255.0 - gray, 255.0 - background
     gray = np.clip(gray - background, 0, 255)  # a grey background (a photo of paper) becomes black
@@ -152,8 +152,7 @@ def mnist_like(gray: np.ndarray) -> np.ndarray:
     if peak < 32:
         raise BadInput(422, "the image is blank: no ink stands out from the background")
     # Paper grain and sensor noise are not ink: whatever the frame's border holds is background.
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    gray[gray <= min(float(np.percentile(border, 99)), NOISE * peak)] = 0
+    gray[gray <= min(float(np.percentile(_border(gray), 99)), NOISE * peak)] = 0
     rows, cols = np.nonzero(gray > INK * peak)
     glyph = gray[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     glyph = glyph * (255.0 / peak)
@@ -169,6 +168,11 @@ def mnist_like(gray: np.ndarray) -> np.ndarray:
     dy = round(CENTRE - float((ys * out).sum() / total))
     dx = round(CENTRE - float((xs * out).sum() / total))
     return np.clip(np.rint(_shifted(out, dy, dx)), 0, 255).astype(np.uint8)
+
+
+def _border(image: np.ndarray) -> np.ndarray:
+    """The pixels of the frame's four edges."""
+    return np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
 
 
 def _shifted(image: np.ndarray, dy: int, dx: int) -> np.ndarray:

@@ -203,7 +203,7 @@ def wait_ready(server: Server, timeout: float = 120) -> dict[str, Any]:
         try:
             answer: dict[str, Any] = server.get("/ready", timeout=2)
             return answer
-        except (urllib.error.HTTPError, OSError):
+        except OSError:  # refused, or 503 (urllib's HTTPError) until a model loads
             if server.process.poll() is not None or time.monotonic() > deadline:
                 lines = server.log.read_text(errors="replace").strip().splitlines() if server.log.exists() else []
                 what = "exited" if server.process.poll() is not None else f"loaded no model within {timeout:g} s"
