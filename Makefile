@@ -17,7 +17,7 @@ LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --upgrade pip
-	$(BIN)/python -m pip install -qq -c $(LOCK) -e '.[dev,cnn,lab,postgres]'
+	$(BIN)/python -m pip install -qq -c $(LOCK) -e '.[dev,cnn,lab,postgres,auth]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -66,6 +66,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_notebooks.py
 	$(BIN)/python benchmarks/bench_serve.py
 	$(BIN)/python benchmarks/bench_monitor.py
+	$(BIN)/python benchmarks/bench_sweep.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mlruns mlflow.db

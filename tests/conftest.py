@@ -177,3 +177,16 @@ def clean_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([*git, "add", "."], cwd=root, check=True)
     subprocess.run([*git, "commit", "-qm", "source"], cwd=root, check=True)
     return root
+
+
+@pytest.fixture(scope="session")
+def digits10k(mnist: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10,000 real MNIST images (every 7th, both official splits) as a Keras-style ``.npz``:
+    the small dataset of the sweep and grid tests."""
+    import numpy as np
+
+    rows = np.arange(0, 70_000, 7)
+    sub = Dataset("digits10k", mnist.images[rows], mnist.labels[rows], mnist.is_train[rows])
+    path = tmp_path_factory.mktemp("digits10k") / "digits10k.npz"
+    np.savez(path, **sub.official_arrays())
+    return path

@@ -506,6 +506,150 @@ def serve_cmd(
     run(cfg, uri)
 
 
+# --- sweep and the team's tracking server -----------------------------------------------------
+
+
+@app.command("sweep")
+def sweep_cmd(
+    trials: Annotated[int, typer.Option("--trials", "-n", metavar="N", help="How many trials to run.")] = 20,
+    space: Annotated[
+        Path | None,
+        typer.Option("--space", metavar="FILE", help="Search space YAML (default: configs/space/<model>.yaml)."),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", metavar="K", help="Local Dask workers (one trial each at a time).")
+    ] = 2,
+    scheduler: Annotated[
+        str | None,
+        typer.Option("--scheduler", metavar="ADDRESS", help="A running Dask scheduler (tcp://host:port) to use."),
+    ] = None,
+    sampler: Annotated[str, typer.Option("--sampler", metavar="tpe|random", help="Optuna's sampler.")] = "tpe",
+    promote: Annotated[bool, _flag("--promote", "Send the best trial through the promotion gate.")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search hyperparameters with Optuna on Dask: each trial a training run nested under one sweep run."""
+    from mnistops.config import load_config
+    from mnistops.sweep.run import space_file, sweep
+    from mnistops.sweep.space import load_space
+
+    cfg = load_config(config, set_ or [])
+    path = space_file(Path.cwd(), cfg, space)
+    if space is None and not path.is_file():
+        from mnistops.errors import ConfigError
+
+        raise ConfigError(f"no search space for {cfg.model.name} at {path}: pass --space FILE")
+    spec = load_space(path)
+    _sigterm_raises()
+    err = _err()
+    on_trial = None
+    if not as_json:
+        from rich.markup import escape
+
+        def on_trial(row: dict[str, Any]) -> None:
+            what = (f"{spec.metric} {row['value']:.4f}" if row["state"] == "COMPLETE"
+                    else f"[red]failed[/]: {escape(row['error'] or '')}")  # fmt: skip
+            err.print(f"trial {row['number']:>3}  {what}  ({row['seconds']:.1f} s)", highlight=False, soft_wrap=True)
+
+    reporter = _reporter(as_json)
+    if isinstance(reporter, RichReporter):
+        with reporter:
+            bar = reporter.task(f"sweep: {trials} trials", total=trials)
+            shown = on_trial
+
+            def on_trial(row: dict[str, Any]) -> None:
+                bar.update(1)
+                if shown is not None:
+                    shown(row)
+
+            result = sweep(cfg, spec, trials, workers, scheduler, sampler, promote, on_trial)
+    else:
+        result = sweep(cfg, spec, trials, workers, scheduler, sampler, promote, on_trial)
+    if as_json:
+        _emit_json(result.to_dict())
+    else:
+        _print_sweep(result)
+    if result.promotion is not None and not result.promotion["promoted"]:
+        raise typer.Exit(1)
+
+
+def _print_sweep(result: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from mnistops.sweep.run import ranked
+
+    out = _out()
+    table = Table(title=f"sweep {result.run_id}: the best trials of {len(result.trials)} "
+                        f"({result.completed} complete, {result.failed} failed)")  # fmt: skip
+    for col in ("trial", result.metric, "parameters", "seconds", "run id"):
+        table.add_column(col, justify="right" if col in ("trial", result.metric, "seconds") else "left")
+    for t in ranked(result):
+        params = ", ".join(f"{k}={v}" for k, v in t["params"].items())
+        table.add_row(str(t["number"]), f"{t['value']:.4f}", escape(params), f"{t['seconds']:.1f}", t["run_id"])
+    out.print(table)
+    best = result.best
+    out.print(f"best        trial {best['number']}: {result.metric} {best['value']:.4f}, run {best['run_id']}")
+    out.print(f"registered  version {result.model_version}")
+    out.print(f"workers     {result.workers} ({result.scheduler}); {result.seconds:.1f} s")
+    if result.promotion is not None:
+        p = result.promotion
+        colour = "green" if p["promoted"] else "yellow"
+        out.print(f"[{colour}]{p['verdict']}[/]: {escape(p['reason'])}", highlight=False)
+    out.print(f"open the UI: mlflow ui --backend-store-uri {result.tracking_uri}", highlight=False)
+
+
+@app.command("tracking-server")
+def tracking_server_cmd(
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            metavar="URI",
+            help="The database: postgresql://USER@HOST:PORT/DB, or sqlite:///PATH (default: ./mlflow.db).",
+        ),
+    ] = None,
+    artifacts: Annotated[
+        Path | None,
+        typer.Option(
+            "--artifacts",
+            metavar="DIR",
+            help="Where the server keeps artifacts (default: mlartifacts/ beside a SQLite store, else in this folder).",
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", metavar="HOST", help="The interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", metavar="PORT", help="The port to listen on.")] = 5000,
+    auth: Annotated[bool, _flag("--auth", "Require a user name and password (MLflow's basic-auth app).")] = False,
+    auth_db: Annotated[
+        str | None,
+        typer.Option(
+            "--auth-db",
+            metavar="URI",
+            help="Where --auth keeps its users (default: beside the store, or in the same database).",
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", "-w", metavar="N", help="Server worker processes.")] = 2,
+) -> None:
+    """Start MLflow's tracking server for a team (checked first); print the MLFLOW_TRACKING_URI to export."""
+    from mnistops.tracking.server import plan, run
+
+    uri = backend or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    p = plan(uri, artifacts, host, port, auth, auth_db, workers)
+    err = _err()
+
+    def announce(server_uri: str) -> None:
+        from sqlalchemy.engine import make_url
+
+        shown = make_url(p.backend).render_as_string(hide_password=True)
+        err.print(f"MLflow tracking server on {server_uri} (store {shown}, artifacts {p.artifacts}"
+                  f"{', basic auth' if p.auth else ''}); Ctrl-C stops it", highlight=False, soft_wrap=True)  # fmt: skip
+        sys.stdout.write(f"export MLFLOW_TRACKING_URI={server_uri}\n")
+        sys.stdout.flush()
+
+    raise typer.Exit(run(p, announce))
+
+
 monitor_app = typer.Typer(
     help="Watch a served model: are its inputs and answers still like training? Exit 0 ok, 1 drift, 2 error."
 )

@@ -162,6 +162,7 @@ def train(
     register: bool = True,
     extra_tags: dict[str, str] | None = None,
     parent_run_id: str | None = None,
+    data_cache: dict[tuple[Any, ...], Any] | None = None,
 ) -> TrainResult:
     """Run the whole pipeline for ``cfg`` and record it in MLflow; return the result.
 
@@ -178,13 +179,19 @@ def train(
     # are in it too. A cache hit, or a failure before the run starts, leaves nothing behind.
     run_log = store.RunLog()
     try:
-        return _train(cfg, progress or NullReporter(), force, register, extra_tags, parent_run_id, run_log)
+        return _train(cfg, progress or NullReporter(), force, register, extra_tags, parent_run_id, run_log, data_cache)
     finally:
         run_log.remove()
 
 
+def data_key(cfg: Config) -> tuple[Any, ...]:
+    """What the prepared data depends on: the dataset, its source, the split and the seed."""
+    return (cfg.data.dataset, cfg.data.source, cfg.split.strategy, cfg.split.test_size, cfg.seed)
+
+
 def _train(cfg: Config, progress: Reporter, force: bool, register: bool, extra_tags: dict[str, str] | None,
-           parent_run_id: str | None, run_log: store.RunLog) -> TrainResult:  # fmt: skip
+           parent_run_id: str | None, run_log: store.RunLog,
+           data_cache: dict[tuple[Any, ...], Any] | None = None) -> TrainResult:  # fmt: skip
     from mnistops.data import sources
     from mnistops.data.split import Split, make_split
     from mnistops.data.validate import validate
@@ -215,7 +222,12 @@ def _train(cfg: Config, progress: Reporter, force: bool, register: bool, extra_t
             profile = input_profile(ds.images[split.train], ds.labels[split.train], cfg.seed)
         return ds, report, split, ds.features(split.train), profile
 
-    if sources.is_local(cfg.data.dataset):
+    if data_cache is not None and data_key(cfg) in data_cache:
+        log.info("data reused: this process prepared the same data, split and seed for an earlier run")
+        store.check_store(uri, timeout=cfg.tracking.timeout)
+        model = build_model(cfg.model.name, cfg.model.params, cfg.model.preprocess, cfg.seed)
+        ds, report, split, x_train, profile = data_cache[data_key(cfg)]
+    elif sources.is_local(cfg.data.dataset):
         # Reading, hashing and converting the data (numpy and hashlib, mostly outside the GIL)
         # overlaps importing MLflow and scikit-learn (Python, under the GIL): on two cores that
         # hides the data stages. A download is not started before the store has answered.
@@ -229,6 +241,8 @@ def _train(cfg: Config, progress: Reporter, force: bool, register: bool, extra_t
         store.check_store(uri, timeout=cfg.tracking.timeout)
         model = build_model(cfg.model.name, cfg.model.params, cfg.model.preprocess, cfg.seed)
         ds, report, split, x_train, profile = prepare_data()
+    if data_cache is not None:
+        data_cache[data_key(cfg)] = (ds, report, split, x_train, profile)
 
     dists = provenance.installed()
     env = provenance.environment(dists)

@@ -148,7 +148,9 @@ def _score(model_uris: dict[str, str], cfg: Config) -> dict[str, dict[str, float
     x, y = ds.features(split.test), ds.labels[split.test]
     scores = {}
     for role, uri in model_uris.items():
-        frame = mlflow.pyfunc.load_model(uri).predict(x)
+        # From a server, MLflow downloads the model into a temporary folder it never removes: ours is.
+        with processes.temporary_directory("model") as tmp:
+            frame = mlflow.pyfunc.load_model(uri, dst_path=tmp).predict(x)
         scores[role] = evaluate(y, frame[[f"prob_{i}" for i in range(10)]].to_numpy(), ds.class_names).metrics
     return scores
 

@@ -42,7 +42,7 @@ from mnistops import gc_phases, processes
 from mnistops.config import Config, dump_yaml
 from mnistops.errors import MnistopsError
 from mnistops.runner.notebooks import Notebook
-from mnistops.tracking import provenance, store
+from mnistops.tracking import orphans, provenance, store
 
 log = logging.getLogger(__name__)
 
@@ -348,18 +348,6 @@ def _param_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
-def _end_orphans(uri: str, batch_id: str, status: str) -> list[str]:
-    """End every run nested under the batch that is still RUNNING (its kernel is gone)."""
-    c = store.client(uri)
-    run = c.get_run(batch_id)
-    stale = c.search_runs([run.info.experiment_id],
-                          f"tags.`mlflow.parentRunId` = '{batch_id}' and attributes.status = 'RUNNING'")  # fmt: skip
-    for r in stale:
-        c.set_tag(r.info.run_id, "mnistops.ended_by", f"notebook batch {batch_id} ({status.lower()})")
-        c.set_terminated(r.info.run_id, status)
-    return [r.info.run_id for r in stale]
-
-
 def _describe_failure(nb: Notebook, exc: BaseException) -> tuple[str, int | None]:
     """One line naming the notebook, the cell and the error."""
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -390,6 +378,7 @@ def run_batch(
     start_timeout: float = 120.0,
     grace: float = 20.0,
     cwd: Path | None = None,
+    extra_tags: dict[str, str] | None = None,
 ) -> BatchResult:
     """Run ``notebooks`` in order, each with its ``parameters``, recorded as one MLflow run.
 
@@ -403,6 +392,8 @@ def run_batch(
         start_timeout: seconds a kernel may take to start.
         grace: seconds a kernel has to stop after an interrupt before it is killed.
         cwd: the kernels' working directory (default: this process's).
+        extra_tags: more tags of the batch run (a grid nests it under the grid's run with
+            ``mlflow.parentRunId``).
 
     Raises:
         BatchFailed: a notebook failed (its message is one line); the batch run ended FAILED.
@@ -420,7 +411,7 @@ def run_batch(
         batch.start_kernels(upto=2, cwd=cwd or Path.cwd())
         batch.io.submit(_warm_html)
         store.check_store(batch.uri, timeout=cfg.tracking.timeout)
-        tags = batch_tags(notebooks, cfg)
+        tags = {**batch_tags(notebooks, cfg), **(extra_tags or {})}
         run = stack.enter_context(store.tracked_run(batch.uri, cfg.tracking.experiment, tags["mlflow.runName"], tags))
         log.info("batch run %s opened in %s", run.info.run_id, batch.uri)
         gc_phases.resume()  # start-up is over (see gc_phases)
@@ -543,7 +534,7 @@ class _Batch:
         self.progress.notebook_finished(record)
         _finish_logging(self.logged)
         result.status = status
-        _end_orphans(self.uri, result.run_id, status)
+        orphans.end_children(self.uri, result.run_id, status, f"notebook batch {result.run_id} ({status.lower()})")
         c = store.client(self.uri)
         for key, value in tags.items():
             c.set_tag(result.run_id, key, value)

@@ -122,8 +122,11 @@ def run(
     as_json: bool,
     cell_timeout: float | None,
     notebooks_dir: Path | None,
+    grid: Path | None = None,
+    workers: int = 2,
+    scheduler: str | None = None,
 ) -> int:
-    """Build the batch and run it; return the exit code."""
+    """Build the batch (or the grid of batches) and run it; return the exit code."""
     from mnistops.config import load_config, notebook_mapping
     from mnistops.runner import batch, params
     from mnistops.runner.notebooks import discover
@@ -134,6 +137,9 @@ def run(
     base = None if config is not None else params.base_config_values(discover(notebooks_dir or root / "notebooks"))
     cfg = load_config(config, sets, base=notebook_mapping(base) if base else None)
     plan = params.plan(notebooks, cfg, files, pairs)
+    if grid is not None:
+        return _run_grid(notebooks, notebooks_dir or root / "notebooks", only, grid, plan, cfg, out or root / "outputs",
+                         workers, scheduler, cell_timeout, as_json)  # fmt: skip
     progress: Any = batch.NullProgress() if as_json else RichBatchProgress()
     failure: batch.BatchFailed | None = None
     with progress if isinstance(progress, RichBatchProgress) else contextlib.nullcontext():
@@ -141,14 +147,68 @@ def run(
             result = batch.run_batch(notebooks, plan, cfg, out or root / "outputs", progress, cell_timeout)
         except batch.BatchFailed as exc:
             failure, result = exc, exc.result
+    return _report(result, failure, as_json, _summary)
+
+
+def _run_grid(notebooks: list[Any], notebooks_dir: Path, only: list[str], grid_file: Path,
+              plan: dict[str, dict[str, Any]], cfg: Any, out: Path, workers: int, scheduler: str | None,
+              cell_timeout: float | None, as_json: bool) -> int:  # fmt: skip
+    from mnistops.runner import grid, params
+
+    lists, points = grid.read_grid(grid_file)
+    params.check_names(list(lists), notebooks, f"--grid {grid_file}:")
+    err = _console(stderr=True)
+
+    def on_point(row: dict[str, Any]) -> None:
+        if as_json:
+            return
+        from rich.markup import escape
+
+        mark = "[green]✓[/]" if row["status"] == "FINISHED" else "[red]✗[/]"
+        err.print(f"{mark} point {row['point']} ({escape(grid._describe(row['params']))}) {row['status'].lower()} "
+                  f"in {row.get('seconds', 0):.1f} s", highlight=False, soft_wrap=True)  # fmt: skip
+
+    failure: grid.GridFailed | None = None
+    try:
+        result = grid.run_grid(notebooks, notebooks_dir, only, lists, points, plan, cfg, out, workers, scheduler,
+                               cell_timeout, on_point)  # fmt: skip
+    except grid.GridFailed as exc:
+        failure, result = exc, exc.result
+    return _report(result, failure, as_json, _grid_summary)
+
+
+def _report(result: Any, failure: Exception | None, as_json: bool, summary: Any) -> int:
+    """The result as one JSON object or as a summary; then the failure, if any, raised."""
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
         sys.stdout.flush()
     else:
-        _summary(result)
+        summary(result)
     if failure is not None:
         raise failure
     return 0
+
+
+def _grid_summary(result: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    out = _console()
+    table = Table(title=f"notebook grid {result.run_id} ({result.status}): {len(result.points)} points, "
+                        f"{result.workers} workers")  # fmt: skip
+    for col in ("point", "parameters", "status", "accuracy", "seconds", "batch run", "executed copies"):
+        table.add_column(col, justify="right" if col in ("point", "accuracy", "seconds") else "left")
+    for row in result.points:
+        colour = "green" if row["status"] == "FINISHED" else "red"
+        acc = row["metrics"].get("accuracy")
+        table.add_row(str(row["point"]), escape(", ".join(f"{k}={v}" for k, v in row["params"].items())),
+                      f"[{colour}]{row['status']}[/]", "" if acc is None else f"{acc:.4f}",
+                      f"{row.get('seconds', 0):.1f}", row["run_id"] or "", _relative(row["out_dir"] or ""))  # fmt: skip
+    out.print(table)
+    for row in result.points:
+        if row["error"]:
+            out.print(f"[red]point {row['point']}[/]: {escape(row['error'])}", highlight=False, soft_wrap=True)
+    out.print(f"open the UI: mlflow ui --backend-store-uri {result.tracking_uri}", highlight=False)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -217,6 +277,20 @@ def parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="the notebook folder (default: notebooks/ beside run_notebooks.py)",
     )
+    p.add_argument(
+        "--grid",
+        type=Path,
+        metavar="GRID.yaml",
+        help="run the batch once per point of a grid: a YAML mapping of parameter names to lists, crossed",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        metavar="K",
+        help="with --grid: local Dask workers, one batch each at a time (default 2)",
+    )
+    p.add_argument("--scheduler", metavar="ADDRESS", help="with --grid: a running Dask scheduler (tcp://host:port)")
     p.add_argument("--verbose", "-v", action="store_true", help="log details on stderr")
     return p  # fmt: skip
 
@@ -241,8 +315,9 @@ def main(root: Path, argv: list[str] | None = None) -> None:
                         handlers=[handler], force=True)  # fmt: skip
     only = [n.strip() for item in args.only for n in item.split(",") if n.strip()]
     try:
-        code = run(root, args.config, args.sets, [tuple(p) for p in args.pairs], args.files, only, args.out,
-                   args.as_json, args.cell_timeout, args.notebooks)  # fmt: skip
+        pairs = [tuple(p) for p in args.pairs]
+        code = run(root, args.config, args.sets, pairs, args.files, only, args.out, args.as_json, args.cell_timeout,
+                   args.notebooks, args.grid, args.workers, args.scheduler)  # fmt: skip
         sys.exit(code)
     except MnistopsError as exc:
         from rich.markup import escape

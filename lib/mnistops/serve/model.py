@@ -146,7 +146,12 @@ def load(uri: str, tracking_uri: str) -> ServedModel:
     name, version, run_id = resolve(uri, tracking_uri)
     fixed = f"models:/{name}/{version}" if version else uri
     mlflow.set_tracking_uri(tracking_uri)
-    pyfunc = mlflow.pyfunc.load_model(fixed)
+    from mnistops import processes
+
+    # From a server, MLflow downloads the model into a temporary folder it never removes: ours is
+    # (the model is in memory once loaded).
+    with processes.temporary_directory("model") as tmp:
+        pyfunc = mlflow.pyfunc.load_model(fixed, dst_path=tmp)
     metrics: dict[str, float] = {}
     fingerprint = ""
     if run_id:

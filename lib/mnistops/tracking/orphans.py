@@ -57,3 +57,19 @@ def reap(uri: str) -> list[str]:
         ended.append(run.info.run_id)
         log.warning("run %s was left RUNNING by process %d, which is gone: marked FAILED", run.info.run_id, pid)
     return ended
+
+
+def end_children(uri: str, parent_id: str, status: str, why: str, extra: str = "") -> list[str]:
+    """End every run nested under ``parent_id`` that is still RUNNING (whoever ran it is gone):
+    ``status``, with ``mnistops.ended_by`` set to ``why``; ``extra`` narrows the search
+    (``tags.`mnistops.sweep.trial` = '3'``, say). Returns their ids."""
+    from mnistops.tracking.store import client
+
+    c = client(uri)
+    run = c.get_run(parent_id)
+    query = f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.status = 'RUNNING'"
+    stale = c.search_runs([run.info.experiment_id], query + (f" and {extra}" if extra else ""), max_results=1000)
+    for r in stale:
+        c.set_tag(r.info.run_id, ENDED_BY, why)
+        c.set_terminated(r.info.run_id, status)
+    return [r.info.run_id for r in stale]

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,9 @@ def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     # Bars for every artifact download: noise on a terminal and in a notebook alike.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Against a server MLflow writes "View run ... at: URL" to stdout whenever a run ends: stdout
+    # is for the command's result (--json).
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     import mlflow  # noqa: F401  (it sets up its own loggers on import; quiet them after)
 
     for name in ("mlflow", "alembic", "urllib3"):
@@ -197,8 +201,6 @@ def _check_sqlite(uri: str, create: bool, write: bool) -> Any | None:
 
 def _check_database(uri: str, timeout: float) -> None:
     """A database server: its driver installed, its port answering, the login accepted."""
-    import socket
-
     from sqlalchemy.engine import make_url
 
     url = make_url(uri)
@@ -215,14 +217,12 @@ def _check_database(uri: str, timeout: float) -> None:
     host, port = url.host or "localhost", url.port or DEFAULT_PORTS.get(backend, 0)
     if host.startswith("/") or not port:
         return  # a Unix socket: the connection below tells
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as exc:
-        reason = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+    reason = unreachable(host, port, timeout)
+    if reason:
         raise TrackingError(
-            f"cannot reach {backend} at {host}:{port} for tracking store {shown} ({reason.lower()}): "
+            f"cannot reach {backend} at {host}:{port} for tracking store {shown} ({reason}): "
             "start the server, or set MLFLOW_TRACKING_URI to a reachable store"
-        ) from None
+        )
     import sqlalchemy
 
     connect_args = {"connect_timeout": max(1, round(timeout))} if backend in ("postgresql", "mysql") else {}
@@ -236,6 +236,16 @@ def _check_database(uri: str, timeout: float) -> None:
         raise TrackingError(f"tracking store {shown} refused the connection: {first}") from None
     finally:
         engine.dispose()
+
+
+def unreachable(host: str, port: int, timeout: float) -> str | None:
+    """Why nothing answers on ``host:port`` within ``timeout`` seconds (lower case), or None."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        reason = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        return reason.lower()
+    return None
 
 
 def _open(uri: str) -> None:

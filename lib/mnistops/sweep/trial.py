@@ -1,0 +1,88 @@
+"""One trial, as a Dask worker runs it: an ordinary ``mnistops train`` run, nested under the sweep.
+
+The worker keeps the data it prepared (loaded, validated, split, as features) in a module-level
+cache, so the data is loaded once per worker process, not once per trial. A trial that fails
+(a parameter the fit refuses, an out-of-memory error the model raises) returns its error instead
+of raising, so the driver records it and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Prepared data kept by this worker process between trials (see mnistops.pipeline.data_key).
+_DATA: dict[tuple[Any, ...], Any] = {}
+
+SWEEP_TAG, TRIAL_TAG = "mnistops.sweep.run_id", "mnistops.sweep.trial"
+
+
+@dataclass
+class TrialOutcome:
+    """What a worker sends back for one trial."""
+
+    number: int
+    ok: bool
+    run_id: str | None = None
+    value: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    data_reused: bool = False
+    worker: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return asdict(self)
+
+
+def _n_jobs(per_host: dict[str, int]) -> int:
+    """This host's cores shared among its workers."""
+    try:
+        from distributed import get_worker
+
+        host = get_worker().address.split("://")[-1].rsplit(":", 1)[0]
+    except (ImportError, ValueError):
+        host = "127.0.0.1"
+    return max(1, (os.cpu_count() or 1) // max(1, per_host.get(host, 1)))
+
+
+def run_trial(number: int, config: dict[str, Any], params: dict[str, Any], metric: str, sweep_run_id: str,
+              uri: str, per_host: dict[str, int]) -> TrialOutcome:  # fmt: skip
+    """Train the config with ``params`` set as model parameters, as a child run of the sweep."""
+    import time
+
+    from mnistops.config import build_config
+    from mnistops.pipeline import data_key, train
+    from mnistops.train.models import PARAMS
+
+    t0 = time.perf_counter()
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # the driver's store, whatever this worker was started with
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    outcome = TrialOutcome(number, ok=False, worker=worker)
+    try:
+        data = {**config, "model": {**config["model"], "params": {**config["model"].get("params", {}), **params}}}
+        for knob in ("n_jobs", "threads"):  # the forests' and the CNN's share of the cores
+            if knob in PARAMS[data["model"]["name"]].model_fields and knob not in params:
+                data["model"]["params"][knob] = _n_jobs(per_host)
+        data["tracking"] = {**data.get("tracking", {}), "uri": uri, "run_name": f"trial-{number}"}
+        cfg = build_config(data)
+        outcome.data_reused = data_key(cfg) in _DATA
+        tags = {"mlflow.parentRunId": sweep_run_id, SWEEP_TAG: sweep_run_id, TRIAL_TAG: str(number),
+                "mnistops.sweep.worker": worker,
+                "mnistops.sweep.data_reused": str(outcome.data_reused).lower()}  # fmt: skip
+        result = train(cfg, force=True, register=False, extra_tags=tags, data_cache=_DATA)
+        outcome.ok, outcome.run_id = True, result.run_id
+        outcome.metrics = {k: float(v) for k, v in result.metrics.items()}
+        outcome.value = outcome.metrics.get(metric)
+    except Exception as exc:  # any failure of this trial is its own; the sweep goes on
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        outcome.error = f"{type(exc).__name__}: {first}"
+        log.warning("trial %d failed: %s", number, outcome.error)
+    outcome.seconds = round(time.perf_counter() - t0, 3)
+    return outcome
