@@ -174,6 +174,10 @@ def sweep(
             with contextlib.suppress(Exception):
                 orphans.end_children(uri, opened[0], "KILLED", f"sweep {opened[0]} was stopped")
         raise
+    finally:
+        from mnistops import processes
+
+        processes.sweep()  # the temporary folders of workers that were killed (or stopped mid-trial)
     result.seconds = round(time.perf_counter() - t0, 3)
     return result
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from mnistops import processes
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +79,14 @@ def run_trial(number: int, config: dict[str, Any], params: dict[str, Any], metri
         tags = {"mlflow.parentRunId": sweep_run_id, SWEEP_TAG: sweep_run_id, TRIAL_TAG: str(number),
                 "mnistops.sweep.worker": worker,
                 "mnistops.sweep.data_reused": str(outcome.data_reused).lower()}  # fmt: skip
-        result = train(cfg, force=True, register=False, extra_tags=tags, data_cache=_DATA)
+        # MLflow's own temporary folders (a model staged for logging, say) go in a folder named after
+        # this worker, so that a worker killed mid-trial leaves nothing the next command does not sweep.
+        with processes.temporary_directory("trial") as tmp:
+            old, tempfile.tempdir = tempfile.tempdir, tmp
+            try:
+                result = train(cfg, force=True, register=False, extra_tags=tags, data_cache=_DATA)
+            finally:
+                tempfile.tempdir = old
         outcome.ok, outcome.run_id = True, result.run_id
         outcome.metrics = {k: float(v) for k, v in result.metrics.items()}
         outcome.value = outcome.metrics.get(metric)
