@@ -157,3 +157,12 @@ def start_fork_server(preload: Sequence[str]) -> None:
     with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
         _preload(preload)
     forkserver.ensure_running()
+
+
+def task_failure(exc: BaseException) -> str:
+    """One line saying why a Dask task failed: its worker died, or what it raised."""
+    from distributed import KilledWorker
+
+    if isinstance(exc, KilledWorker):
+        return "the Dask worker running it died (KilledWorker)"
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"

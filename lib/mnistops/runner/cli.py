@@ -165,7 +165,7 @@ def _run_grid(notebooks: list[Any], notebooks_dir: Path, only: list[str], grid_f
         from rich.markup import escape
 
         mark = "[green]✓[/]" if row["status"] == "FINISHED" else "[red]✗[/]"
-        err.print(f"{mark} point {row['point']} ({escape(grid._describe(row['params']))}) {row['status'].lower()} "
+        err.print(f"{mark} point {row['point']} ({escape(grid.describe(row['params']))}) {row['status'].lower()} "
                   f"in {row.get('seconds', 0):.1f} s", highlight=False, soft_wrap=True)  # fmt: skip
 
     failure: grid.GridFailed | None = None

@@ -189,7 +189,7 @@ def run_grid(
                 result.status = "FAILED"
                 first = failed[0]
                 raise GridFailed(f"{len(failed)} of {len(points)} grid points failed; point {first['point']} "
-                                 f"({_describe(first['params'])}): {first['error']}", result)  # fmt: skip
+                                 f"({describe(first['params'])}): {first['error']}", result)  # fmt: skip
             result.status = "FINISHED"
     return result
 
@@ -199,13 +199,12 @@ def _row(fut: Any, index: int, point: dict[str, Any]) -> dict[str, Any]:
         row: dict[str, Any] = fut.result()
         return row
     except Exception as exc:
-        from distributed import KilledWorker
+        from mnistops.cluster import task_failure
 
-        why = "the Dask worker running it died (KilledWorker)" if isinstance(exc, KilledWorker) else (
-            f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}")  # fmt: skip
-        return {"point": index, "params": point, "status": "FAILED", "run_id": None, "error": why, "out_dir": None,
+        return {"point": index, "params": point, "status": "FAILED", "run_id": None, "error": task_failure(exc),
+                "out_dir": None,
                 "training_run_id": None, "metrics": {}, "seconds": 0.0}  # fmt: skip
 
 
-def _describe(point: dict[str, Any]) -> str:
+def describe(point: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in point.items())

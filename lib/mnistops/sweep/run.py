@@ -166,7 +166,7 @@ def sweep(
                 if result.completed == 0:
                     first = next((t["error"] for t in result.trials if t.get("error")), "no trial ran")
                     raise SweepError(f"every one of the {n_trials} trials failed; the first: {first}")
-                result.best = _best(result, space)
+                result.best = ranked(result, 1)[0]
                 _finish(cfg, uri, parent, result, promote)
     except BaseException:
         # Interrupted (or the cluster failed): the workers are gone, so are the trials they ran.
@@ -242,17 +242,13 @@ def _run_trials(dask: Any, study: Any, space: Space, base: dict[str, Any], n_tri
 
 def _outcome(fut: Any, number: int) -> TrialOutcome:
     """The worker's outcome, or a failed one saying why the task itself failed."""
+    from mnistops.cluster import task_failure
+
     try:
         out: TrialOutcome = fut.result()
         return out
     except Exception as exc:
-        from distributed import KilledWorker
-
-        if isinstance(exc, KilledWorker):
-            why = "the Dask worker running it died (KilledWorker)"
-        else:
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            why = f"{type(exc).__name__}: {first}"
+        why = task_failure(exc)
         log.warning("trial %d failed: %s", number, why)
         return TrialOutcome(number, ok=False, error=why)
 
@@ -300,12 +296,6 @@ def _failed_run(c: Any, parent: str, number: int, params: dict[str, Any]) -> str
         c.log_param(run.info.run_id, f"model.params.{name}", value)
     c.set_terminated(run.info.run_id, "FAILED")
     return str(run.info.run_id)
-
-
-def _best(result: SweepResult, space: Space) -> dict[str, Any]:
-    done = [t for t in result.trials if t["state"] == "COMPLETE"]
-    pick = max if space.direction == "maximize" else min
-    return pick(done, key=lambda t: (t["value"], -t["number"]) if pick is max else (t["value"], t["number"]))
 
 
 def ranked(result: SweepResult, n: int = 5) -> list[dict[str, Any]]:
