@@ -524,6 +524,12 @@ def sweep_cmd(
         typer.Option("--scheduler", metavar="ADDRESS", help="A running Dask scheduler (tcp://host:port) to use."),
     ] = None,
     sampler: Annotated[str, typer.Option("--sampler", metavar="tpe|random", help="Optuna's sampler.")] = "tpe",
+    trial_cores: Annotated[
+        int | None,
+        typer.Option(
+            "--trial-cores", metavar="N", help="Cores per trial (default: each host's cores shared among its workers)."
+        ),
+    ] = None,
     promote: Annotated[bool, _flag("--promote", "Send the best trial through the promotion gate.")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -563,9 +569,9 @@ def sweep_cmd(
                 if shown is not None:
                     shown(row)
 
-            result = sweep(cfg, spec, trials, workers, scheduler, sampler, promote, on_trial)
+            result = sweep(cfg, spec, trials, workers, scheduler, sampler, promote, on_trial, trial_cores)
     else:
-        result = sweep(cfg, spec, trials, workers, scheduler, sampler, promote, on_trial)
+        result = sweep(cfg, spec, trials, workers, scheduler, sampler, promote, on_trial, trial_cores)
     if as_json:
         _emit_json(result.to_dict())
     else:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,12 +42,13 @@ class Cluster:
     local: bool
     workers: int
 
-    def workers_per_host(self) -> dict[str, int]:
-        """How many worker processes each host runs (to share its cores among them)."""
-        counts: dict[str, int] = {}
+    def placement(self) -> dict[str, list[str]]:
+        """Each host's workers, by name in a fixed order: a worker's place among them picks its
+        share of the host's cores (see :func:`confined`). A worker the nanny restarts keeps its name."""
+        hosts: dict[str, list[str]] = {}
         for w in self.client.scheduler_info(n_workers=-1)["workers"].values():
-            counts[w["host"]] = counts.get(w["host"], 0) + 1
-        return counts
+            hosts.setdefault(w["host"], []).append(str(w["name"]))
+        return {host: sorted(names, key=lambda n: (len(n), n)) for host, names in hosts.items()}
 
 
 def check_address(address: str, timeout: float = 5.0) -> tuple[str, int]:
@@ -115,6 +117,9 @@ def connect(workers: int, scheduler: str | None = None, timeout: float = 10.0,
                 "distributed.scheduler.allowed-failures": 0,
                 # Workers start kernels and joblib pools of their own.
                 "distributed.worker.daemon": False,
+                # The statistical profiler samples every thread's stack each 10 ms, under the GIL,
+                # for a dashboard this cluster does not have: on a busy core it slows the trials.
+                "distributed.worker.profile.enabled": False,
                 "distributed.worker.multiprocessing-method": "forkserver",
             }
         ),
@@ -147,16 +152,77 @@ def _preload(modules: Sequence[str]) -> None:
 
 
 def start_fork_server(preload: Sequence[str]) -> None:
-    """Start the fork server now, so that it imports ``preload`` while this process gets on with
-    its own start (the store, the run): the LocalCluster's workers then fork from it at once."""
+    """Start the fork server now, so that it imports Dask and ``preload`` while this process gets
+    on with its own start (the store, the run): the LocalCluster's workers then fork from it at once.
+
+    Dask is not imported here first: that alone is most of a second before the fork server could
+    start, on the path every sweep waits on. Dask's own preload list (``distributed`` and the
+    packages it finds installed), set later in :func:`connect`, does not reach a fork server
+    that is already running: ``distributed`` and ``preload`` import what a trial needs of them.
+    """
+    import multiprocessing
     from multiprocessing import forkserver
 
-    import dask
-    import distributed  # noqa: F401  (its config defaults, before dask.config.set touches them)
-
-    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
-        _preload(preload)
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["distributed", *preload])
     forkserver.ensure_running()
+
+
+def _this_worker() -> tuple[str, str]:
+    """This Dask worker's host and name; empty outside a worker."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return "", ""
+    return worker.address.split("://")[-1].rsplit(":", 1)[0], str(worker.name)
+
+
+def cpus() -> list[int]:
+    """The cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def confined(placement: dict[str, list[str]], cores: int | None = None) -> Iterator[int]:
+    """Run the calling thread, and the threads it starts, on this worker's share of its host's cores.
+
+    The host's cores are dealt out to its workers in :meth:`Cluster.placement`'s order: ``cores``
+    each, or with ``cores`` None the host's cores divided among its workers (at least one each;
+    wrapping round when there are more asked for than there are). The thread's CPU affinity is
+    set to them (Linux: a thread's affinity, which the threads it starts inherit) and the BLAS and
+    OpenMP pools are held to that many threads (threadpoolctl). So K trials on a host do not
+    fight over cores: a trial's helper threads (packing trees, scoring the held-out rows, the
+    reference's PCA) run on its own cores, not on a neighbour's, and nothing starts a pool sized
+    for the whole machine. Everything is restored on exit. Yields the number of cores.
+    """
+    from threadpoolctl import threadpool_limits
+
+    host, name = _this_worker()
+    count, mine = share(cpus(), placement.get(host, []), name, cores)
+    old: set[int] | None = None
+    if mine is not None and hasattr(os, "sched_setaffinity"):
+        old = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, mine)
+        log.debug("worker %s runs on cores %s", name, sorted(mine))
+    try:
+        with threadpool_limits(limits=count):
+            yield count
+    finally:
+        if old is not None:
+            os.sched_setaffinity(0, old)
+
+
+def share(host_cpus: Sequence[int], peers: Sequence[str], name: str, cores: int | None) -> tuple[int, set[int] | None]:
+    """How many cores the worker ``name`` gets among ``peers`` on a host with ``host_cpus``, and
+    which: ``None`` for a worker that is not among them (it joined after the sweep started)."""
+    count = min(len(host_cpus), cores or max(1, len(host_cpus) // max(1, len(peers))))
+    if name not in peers:
+        return count, None
+    first = list(peers).index(name) * count
+    return count, {host_cpus[(first + j) % len(host_cpus)] for j in range(count)}
 
 
 def task_failure(exc: BaseException) -> str:

@@ -40,7 +40,8 @@ import json
 from mlflow.tracking import MlflowClient
 c = MlflowClient()
 runs = c.search_runs([e.experiment_id for e in c.search_experiments()], "tags.`mlflow.parentRunId` = '{parent}'")
-print(json.dumps([{{"run_id": r.info.run_id, "status": r.info.status, **r.data.tags}} for r in runs]))
+print(json.dumps([{{"run_id": r.info.run_id, "status": r.info.status, "params": r.data.params, **r.data.tags}}
+                  for r in runs]))
 """)  # fmt: skip
     assert isinstance(out, list)
     return out
@@ -135,12 +136,30 @@ print(json.dumps({{"params": run.data.params, "tags": run.data.tags, "hist": his
     best_so_far = [max(values[: i + 1]) for i in range(4)]
     assert [v for _, v in sorted(record["hist"])] == pytest.approx(best_so_far)
     assert record["champion_run"] == result["best"]["run_id"]
-    # The same seed proposes the same trials again, on one worker this time.
-    again = run_cli("sweep", "--space", str(space), "--trials", "2", "--workers", "1", "--json",
-                    "--set", f"data.dataset={digits10k}", cwd=store)  # fmt: skip
+    # Each worker ran its trials on its own share of the cores (half of them each, here), with
+    # the forest's n_jobs to match.
+    cpus = sorted(os.sched_getaffinity(0))
+    children = _children(uri, result["run_id"])
+    half = max(1, len(cpus) // 2)
+    assert {c["mnistops.sweep.cores"] for c in children} == {str(half)}
+    assert {c["params"]["model.params.n_jobs"] for c in children} == {str(half)}
+    by_worker: dict[str, set[str]] = {}
+    for c in children:
+        by_worker.setdefault(c["mnistops.sweep.worker"], set()).add(c["mnistops.sweep.cpus"])
+    assert all(len(sets) == 1 for sets in by_worker.values()), by_worker  # a worker keeps its cores
+    pinned = [{int(x) for x in next(iter(sets)).split(",")} for sets in by_worker.values()]
+    assert all(len(p) == half and p <= set(cpus) for p in pinned)
+    if len(cpus) >= 2 and len(pinned) == 2:
+        assert not pinned[0] & pinned[1], pinned  # the two workers never share a core
+    # The same seed proposes the same trials again, on one worker of one core this time.
+    again = run_cli("sweep", "--space", str(space), "--trials", "2", "--workers", "1", "--trial-cores", "1",
+                    "--json", "--set", f"data.dataset={digits10k}", cwd=store)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
-    first_two = [t["params"] for t in json.loads(again.stdout)["trials"]][:2]
+    second = json.loads(again.stdout)
+    first_two = [t["params"] for t in second["trials"]][:2]
     assert first_two == [t["params"] for t in result["trials"]][:2]
+    one_core = _children(uri, second["run_id"])
+    assert {(c["mnistops.sweep.cores"], c["mnistops.sweep.cpus"]) for c in one_core} == {("1", str(cpus[0]))}
 
 
 @pytest.mark.parametrize(
@@ -152,8 +171,11 @@ print(json.dumps({{"params": run.data.params, "tags": run.data.tags, "hist": his
          "error: cannot reach postgresql at 127.0.0.1:9"),
         (["--set", "model.params.n_jobs=two"], {}, "error: config key model.params.n_jobs"),
         (["--workers", "0"], {}, "error: --workers 0: give at least 1 worker"),
+        (["--trial-cores", "0"], {}, "error: --trial-cores 0: give 1 to"),
+        (["--trial-cores", "999"], {}, "error: --trial-cores 999: give 1 to"),
     ],
-    ids=["scheduler-closed", "scheduler-malformed", "database-unreachable", "bad-base-config", "no-workers"],
+    ids=["scheduler-closed", "scheduler-malformed", "database-unreachable", "bad-base-config", "no-workers",
+         "no-cores", "too-many-cores"],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_leaves_no_run(store: Path, space: Path, args: list[str], env: dict[str, str],
                                                  message: str) -> None:  # fmt: skip

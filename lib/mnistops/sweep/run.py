@@ -46,10 +46,14 @@ log = logging.getLogger(__name__)
 
 # What a trial imports: a local cluster's workers start with them loaded (see cluster.connect).
 TRIAL_MODULES = ("numpy", "pandas", "mlflow", "mlflow.pyfunc", "sklearn.ensemble", "sklearn.metrics",
-                 "sklearn.model_selection", "sklearn.decomposition", "scipy.stats", "matplotlib.figure",
-                 "matplotlib.backends.backend_agg", "mnistops.pipeline", "mnistops.sweep.trial",
+                 "sklearn.model_selection", "sklearn.decomposition", "scipy.stats", "threadpoolctl",
+                 "matplotlib.figure", "matplotlib.backends.backend_agg", "mnistops.pipeline", "mnistops.sweep.trial",
                  "mnistops.evaluate.plots", "mnistops.evaluate.metrics", "mnistops.monitor.reference",
-                 "mnistops.train.models", "mnistops.data.split", "mnistops.data.validate")  # fmt: skip
+                 "mnistops.train.models", "mnistops.data.split", "mnistops.data.validate",
+                 # what opening an SQL store imports (a second, cold, in every worker otherwise)
+                 "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store",
+                 "alembic.command", "alembic.runtime.migration", "sqlalchemy.dialects.sqlite",
+                 "mnistops.tracking.orphans")  # fmt: skip
 
 
 class SweepError(MnistopsError, RuntimeError):
@@ -77,6 +81,7 @@ class SweepResult:
     model_version: str | None = None
     promotion: dict[str, Any] | None = None
     seconds: float = 0.0
+    trial_cores: int | None = None  # None: each host's cores shared among its workers
 
     @property
     def completed(self) -> int:
@@ -119,6 +124,7 @@ def sweep(
     sampler: str = "tpe",
     promote: bool = False,
     on_trial: Callable[[dict[str, Any]], None] | None = None,
+    trial_cores: int | None = None,
 ) -> SweepResult:
     """Run ``n_trials`` trials of ``space`` on Dask and record them under one parent run.
 
@@ -135,6 +141,11 @@ def sweep(
 
     if n_trials < 1:
         raise MnistopsError(f"--trials {n_trials}: give at least 1 trial")
+    if trial_cores is not None:
+        have = len(cluster.cpus())
+        if trial_cores < 1 or (scheduler is None and trial_cores > have):
+            raise MnistopsError(f"--trial-cores {trial_cores}: give 1 to {have} (this machine's cores), "
+                                "or leave it out to share the cores among the workers")  # fmt: skip
     base = trial_config(cfg, space)
     for corner in (0, -1):  # the whole config, at both ends of every range, before anything starts
         values = {name: p.bounds()[corner] for name, p in space.params.items()}
@@ -155,7 +166,8 @@ def sweep(
                 opened.append(parent)
                 result = SweepResult(parent, uri, cfg.tracking.experiment, space.model, space.metric,
                                      str(space.direction), type(study_sampler).__name__, cfg.seed, dask.workers,
-                                     dask.address if not dask.local else "local")  # fmt: skip
+                                     dask.address if not dask.local else "local",
+                                     trial_cores=trial_cores)  # fmt: skip
                 _log_parent_inputs(cfg, space, result, n_trials)
                 study = optuna.create_study(direction=space.direction, sampler=study_sampler,
                                             study_name=f"mnistops-sweep-{parent}")  # fmt: skip
@@ -194,7 +206,7 @@ def _run_trials(dask: Any, study: Any, space: Space, base: dict[str, Any], n_tri
     import mlflow
 
     distributions = space.distributions()
-    per_host = dask.workers_per_host()
+    share = (dask.placement(), result.trial_cores)  # each worker's cores (see cluster.confined)
     best: float | None = None
     pending: deque[Any] = deque()  # asked for, not yet sent to a worker
     running: dict[int, tuple[Any, Any]] = {}  # trial number -> (trial, future)
@@ -212,7 +224,7 @@ def _run_trials(dask: Any, study: Any, space: Space, base: dict[str, Any], n_tri
         while pending or running:
             while pending and len(running) < dask.workers:  # a trial for every free worker
                 trial = pending.popleft()
-                args = (trial.number, base, dict(trial.params), space.metric, parent, uri, per_host)
+                args = (trial.number, base, dict(trial.params), space.metric, parent, uri, *share)
                 key = f"mnistops-trial-{parent}-{trial.number}"
                 running[trial.number] = (trial, dask.client.submit(run_trial, *args, key=key, pure=False))
             while not any(f.done() for _, f in running.values()):
@@ -333,6 +345,7 @@ def _log_parent_inputs(cfg: Config, space: Space, result: SweepResult, n_trials:
             "sweep.trials": n_trials,
             "sweep.workers": result.workers,
             "sweep.scheduler": result.scheduler,
+            "sweep.trial_cores": "shared" if result.trial_cores is None else result.trial_cores,
         }
     )
     mlflow.log_text(dump_yaml(cfg), "config.yaml")

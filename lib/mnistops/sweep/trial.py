@@ -44,51 +44,21 @@ class TrialOutcome:
         return asdict(self)
 
 
-def _n_jobs(per_host: dict[str, int]) -> int:
-    """This host's cores shared among its workers."""
-    try:
-        from distributed import get_worker
-
-        host = get_worker().address.split("://")[-1].rsplit(":", 1)[0]
-    except (ImportError, ValueError):
-        host = "127.0.0.1"
-    return max(1, (os.cpu_count() or 1) // max(1, per_host.get(host, 1)))
-
-
 def run_trial(number: int, config: dict[str, Any], params: dict[str, Any], metric: str, sweep_run_id: str,
-              uri: str, per_host: dict[str, int]) -> TrialOutcome:  # fmt: skip
-    """Train the config with ``params`` set as model parameters, as a child run of the sweep."""
+              uri: str, placement: dict[str, list[str]], cores: int | None = None) -> TrialOutcome:  # fmt: skip
+    """Train the config with ``params`` set as model parameters, as a child run of the sweep, on
+    this worker's share of its host's cores (``cores``, or the host's divided among its workers:
+    see :func:`mnistops.cluster.confined`)."""
     import time
 
-    from mnistops.config import build_config
-    from mnistops.pipeline import data_key, train
-    from mnistops.train.models import PARAMS
+    from mnistops.cluster import confined
 
     t0 = time.perf_counter()
     os.environ["MLFLOW_TRACKING_URI"] = uri  # the driver's store, whatever this worker was started with
-    worker = f"{socket.gethostname()}:{os.getpid()}"
-    outcome = TrialOutcome(number, ok=False, worker=worker)
+    outcome = TrialOutcome(number, ok=False, worker=f"{socket.gethostname()}:{os.getpid()}")
     try:
-        data = {**config, "model": {**config["model"], "params": {**config["model"].get("params", {}), **params}}}
-        for knob in ("n_jobs", "threads"):  # the forests' and the CNN's share of the cores
-            if knob in PARAMS[data["model"]["name"]].model_fields and knob not in params:
-                data["model"]["params"][knob] = _n_jobs(per_host)
-        data["tracking"] = {**data.get("tracking", {}), "uri": uri, "run_name": f"trial-{number}"}
-        cfg = build_config(data)
-        outcome.data_reused = data_key(cfg) in _DATA
-        tags = {"mlflow.parentRunId": sweep_run_id, SWEEP_TAG: sweep_run_id, TRIAL_TAG: str(number),
-                "mnistops.sweep.worker": worker,
-                "mnistops.sweep.data_reused": str(outcome.data_reused).lower()}  # fmt: skip
-        # MLflow's own temporary folders (a model staged for logging, say) go in a folder named after
-        # this worker, so that a worker killed mid-trial leaves nothing the next command does not sweep.
-        with processes.temporary_directory("trial") as tmp:
-            old, tempfile.tempdir = tempfile.tempdir, tmp
-            try:
-                result = train(cfg, force=True, register=False, extra_tags=tags, data_cache=_DATA)
-            finally:
-                tempfile.tempdir = old
-        outcome.ok, outcome.run_id = True, result.run_id
-        outcome.metrics = {k: float(v) for k, v in result.metrics.items()}
+        with confined(placement, cores) as n_cores:
+            _train(outcome, config, params, sweep_run_id, uri, n_cores)
         outcome.value = outcome.metrics.get(metric)
     except Exception as exc:  # any failure of this trial is its own; the sweep goes on
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
@@ -96,3 +66,33 @@ def run_trial(number: int, config: dict[str, Any], params: dict[str, Any], metri
         log.warning("trial %d failed: %s", number, outcome.error)
     outcome.seconds = round(time.perf_counter() - t0, 3)
     return outcome
+
+
+def _train(outcome: TrialOutcome, config: dict[str, Any], params: dict[str, Any], sweep_run_id: str, uri: str,
+           n_cores: int) -> None:  # fmt: skip
+    from mnistops.cluster import cpus
+    from mnistops.config import build_config
+    from mnistops.pipeline import data_key, train
+    from mnistops.train.models import PARAMS
+
+    data = {**config, "model": {**config["model"], "params": {**config["model"].get("params", {}), **params}}}
+    for knob in ("n_jobs", "threads"):  # the forests' and the CNN's share of the cores
+        if knob in PARAMS[data["model"]["name"]].model_fields and knob not in params:
+            data["model"]["params"][knob] = n_cores
+    data["tracking"] = {**data.get("tracking", {}), "uri": uri, "run_name": f"trial-{outcome.number}"}
+    cfg = build_config(data)
+    outcome.data_reused = data_key(cfg) in _DATA
+    tags = {"mlflow.parentRunId": sweep_run_id, SWEEP_TAG: sweep_run_id, TRIAL_TAG: str(outcome.number),
+            "mnistops.sweep.worker": outcome.worker, "mnistops.sweep.cores": str(n_cores),
+            "mnistops.sweep.cpus": ",".join(map(str, cpus())),
+            "mnistops.sweep.data_reused": str(outcome.data_reused).lower()}  # fmt: skip
+    # MLflow's own temporary folders (a model staged for logging, say) go in a folder named after
+    # this worker, so that a worker killed mid-trial leaves nothing the next command does not sweep.
+    with processes.temporary_directory("trial") as tmp:
+        old, tempfile.tempdir = tempfile.tempdir, tmp
+        try:
+            result = train(cfg, force=True, register=False, extra_tags=tags, data_cache=_DATA)
+        finally:
+            tempfile.tempdir = old
+    outcome.ok, outcome.run_id = True, result.run_id
+    outcome.metrics = {k: float(v) for k, v in result.metrics.items()}
