@@ -117,9 +117,6 @@ def connect(workers: int, scheduler: str | None = None, timeout: float = 10.0,
                 "distributed.scheduler.allowed-failures": 0,
                 # Workers start kernels and joblib pools of their own.
                 "distributed.worker.daemon": False,
-                # The statistical profiler samples every thread's stack each 10 ms, under the GIL,
-                # for a dashboard this cluster does not have.
-                "distributed.worker.profile.enabled": False,
                 "distributed.worker.multiprocessing-method": "forkserver",
             }
         ),

@@ -213,7 +213,7 @@ def test_a_trial_that_crashes_is_failed_and_the_sweep_goes_on(store: Path, digit
     assert failed and done, result["trials"]
     assert all(t["params"]["max_features"] == 0.0 for t in failed)
     assert all(t["params"]["max_features"] == "sqrt" for t in done)
-    assert all("max_features" in t["error"] for t in failed)
+    assert all("max_features" in t["error"] for t in failed), failed
     children = _children(f"sqlite:///{store / 'mlflow.db'}", result["run_id"])
     assert sorted(c["status"] for c in children) == sorted(
         "FAILED" if t["state"] == "FAIL" else "FINISHED" for t in result["trials"]
