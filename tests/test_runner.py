@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import nbformat
@@ -13,7 +14,7 @@ import pytest
 from mnistops.config import load_config
 from mnistops.errors import ConfigError, DataError
 from mnistops.runner import params
-from mnistops.runner.notebooks import default_value, discover, parse_parameters, read
+from mnistops.runner.notebooks import default_value, discover, parse_parameters, parse_python, read
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -173,3 +174,51 @@ def test_run_notebooks_help_names_every_option() -> None:
                           check=True)  # fmt: skip
     for option in ("--config", "--set", "-p NAME VALUE", "-f PARAMS.yaml", "--only", "--out", "--json"):
         assert option in proc.stdout
+
+
+class _Finalised:
+    """Cyclic garbage whose finalizer runs Python code: the garbage collector then switches
+    threads in the middle of building an AST, as it does in a busy batch."""
+
+    def __del__(self) -> None:
+        sum(range(50))
+
+
+def _parse_in_threads(parse: Callable[[str], object], depths: tuple[int, ...]) -> list[str]:
+    """``parse`` a module in one thread per depth (each from that deep a stack, so that their
+    recursion counts differ); the SystemErrors they met."""
+    import threading
+
+    source = "\n".join(f"def f{i}(a, b=[1, 2, {{3: (4, 5)}}]):\n    return [x * {i} for x in range(a) if x % 2]"
+                       for i in range(100))  # fmt: skip
+    errors: list[str] = []
+
+    def worker(depth: int) -> None:
+        if depth:
+            return worker(depth - 1)
+        for _ in range(50):
+            junk = _Finalised()
+            junk.self = junk  # type: ignore[attr-defined]
+            del junk
+            try:
+                parse(source)
+            except SystemError as exc:
+                errors.append(str(exc))
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=worker, args=(d,)) for d in depths]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    return errors
+
+
+def test_cells_are_parsed_safely_beside_other_threads_parsing() -> None:
+    # CPython 3.11 (python/cpython#106905): threads that parse at once can fail with "AST
+    # constructor recursion depth mismatch", as one grid test did. Ours take turns.
+    assert _parse_in_threads(parse_python, (0, 40, 80)) == []

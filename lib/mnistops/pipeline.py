@@ -358,7 +358,7 @@ def _log_inputs(cfg: Config, ds: Dataset, split: Any, report: dict[str, Any], en
             # MLflow caps digests at 36 characters; the full fingerprint is in the tags.
             digest=ds.fingerprint[:36],
         )
-    mlflow.log_input(
+    store.log_dataset(
         dataset,
         context="training",
         tags={

@@ -120,6 +120,53 @@ def test_four_trainings_at_once_on_a_new_folder_all_succeed(tmp_path: Path) -> N
     assert sorted(r["status"] for r in runs(tmp_path)) == ["FINISHED"] * 4
 
 
+RACER = """
+import mlflow, numpy as np
+from mlflow.data.numpy_dataset import from_numpy
+mlflow.set_experiment("race")
+with mlflow.start_run() as run:
+    mlflow.log_input(from_numpy(np.arange(8.0), name="digits", digest="d1"), context="training")
+print(f'"{run.info.run_id}"')
+"""
+
+
+def test_a_run_that_loses_the_race_to_insert_a_new_dataset_still_logs_it(store: Path) -> None:
+    # MLflow looks a dataset up in the experiment, then inserts it if new. Here a second writer,
+    # a real process, logs the same new dataset between this run's look-up and its insert: what
+    # the first trials of a sweep do by chance (the CI failure of 2026-11-28).
+    import sqlite3
+
+    import mlflow
+    from mlflow.data.numpy_dataset import from_numpy
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from mnistops.tracking import store as tracking
+
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    other: list[object] = []
+
+    def insert_first(conn: object, cursor: object, statement: str, *rest: object) -> None:
+        if statement.startswith("INSERT INTO datasets") and not other:
+            other.append(read_store(uri, RACER))
+
+    mlflow.set_experiment("race")
+    event.listen(Engine, "before_cursor_execute", insert_first)
+    try:
+        with mlflow.start_run() as run:
+            tracking.log_dataset(from_numpy(np.arange(8.0), name="digits", digest="d1"), "training", {"k": "v"})
+    finally:
+        event.remove(Engine, "before_cursor_execute", insert_first)
+    assert len(other) == 1 and other[0] != run.info.run_id
+    with sqlite3.connect(store / "mlflow.db") as con:
+        datasets = con.execute("select dataset_uuid, name, digest from datasets").fetchall()
+        linked = con.execute("select destination_id, source_id from inputs where source_type = 'DATASET'").fetchall()
+    assert len(datasets) == 1 and datasets[0][1:] == ("digits", "d1")
+    assert sorted(linked) == sorted([(run.info.run_id, datasets[0][0]), (other[0], datasets[0][0])])
+    tags = {t.key: t.value for t in mlflow.get_run(run.info.run_id).inputs.dataset_inputs[0].tags}
+    assert tags == {"mlflow.data.context": "training", "k": "v"}
+
+
 # --- runs left behind ------------------------------------------------------------------
 
 

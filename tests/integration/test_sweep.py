@@ -114,7 +114,8 @@ def test_a_sweep_records_a_parent_with_its_space_and_best_so_far_and_promotes(
                    "--set", f"data.dataset={digits10k}", "--set", "gate.floor=0.5", cwd=store)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
-    assert result["completed"] == 4 and result["sampler"] == "TPESampler" and result["seed"] == 42
+    assert result["completed"] == 4, [t["error"] for t in result["trials"]]
+    assert result["sampler"] == "TPESampler" and result["seed"] == 42
     values = [t["value"] for t in result["trials"]]
     assert result["best"]["value"] == max(values)
     assert result["promotion"]["promoted"] is True and result["model_version"] == "1"

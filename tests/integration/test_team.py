@@ -96,7 +96,8 @@ def test_train_promote_and_sweep_against_a_team_server_on_postgresql(
                         *data, env=client_env, cwd=store)  # fmt: skip
         assert swept.returncode == 0, swept.stderr[-3000:]
         sweep = json.loads(swept.stdout)
-        assert sweep["completed"] == 6 and sweep["workers"] == 2 and sweep["scheduler"] == "local"
+        assert sweep["completed"] == 6, [t["error"] for t in sweep["trials"]]
+        assert sweep["workers"] == 2 and sweep["scheduler"] == "local"
         assert sweep["promotion"]["promoted"] is True  # 20-40 trees beat 10
         assert sweep["model_version"] == "2"
 

@@ -41,7 +41,7 @@ import mnistops
 from mnistops import gc_phases, processes
 from mnistops.config import Config, dump_yaml
 from mnistops.errors import MnistopsError
-from mnistops.runner.notebooks import Notebook
+from mnistops.runner.notebooks import Notebook, parse_python
 from mnistops.tracking import orphans, provenance, store
 
 log = logging.getLogger(__name__)
@@ -304,10 +304,10 @@ def warm_modules(nb: Notebook) -> list[str]:
         lines = "".join(cell.get("source", [])).splitlines()
         found += [ln.split()[1] for ln in lines if ln.startswith("%load_ext ") and len(ln.split()) > 1]
         try:
-            tree = ast.parse("\n".join(ln for ln in lines if not ln.lstrip().startswith(("%", "!"))))
+            tree = parse_python("\n".join(ln for ln in lines if not ln.lstrip().startswith(("%", "!"))))
         except SyntaxError:
             continue
-        for node in tree.body:
+        for node in tree.body if isinstance(tree, ast.Module) else []:
             if isinstance(node, ast.Import):
                 found += [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:

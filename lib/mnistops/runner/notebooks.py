@@ -13,9 +13,11 @@ the first kernel can start at once. A test checks that both agree on every noteb
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,9 +145,32 @@ def discover(directory: Path, only: list[str] | None = None) -> list[Notebook]:
 
 def default_value(param: Parameter) -> Any:
     """A parameter's default as a Python value (``ast.literal_eval`` of its source text)."""
-    import ast
-
     try:
-        return ast.literal_eval(param.default)
+        return ast.literal_eval(parse_python(param.default.lstrip(" \t"), "eval"))
     except (ValueError, SyntaxError):
         return param.default
+
+
+_PARSING = threading.Lock()
+
+
+def parse_python(source: str, mode: str = "exec") -> ast.AST:
+    """``ast.parse``, safe beside other threads.
+
+    CPython 3.11 builds the ``ast`` objects of a parse with a recursion count kept in state that
+    all threads share (python/cpython#106905): two threads parsing at once can fail with
+    ``SystemError: AST constructor recursion depth mismatch``. A batch's threads parse cells
+    while others log; ours take turns, and one that meets a library parsing in another thread
+    (joblib parses ``pre_dispatch`` on every ``Parallel`` call) is tried again.
+
+    Raises:
+        SyntaxError: ``source`` is not Python.
+    """
+    for attempt in range(1, 4):
+        try:
+            with _PARSING:
+                return ast.parse(source, mode=mode)
+        except SystemError:
+            if attempt == 3:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -260,6 +260,44 @@ def _open(uri: str) -> None:
         raise TrackingError(f"tracking store {uri} is not usable: {first}") from None
 
 
+# What a store says when another writer inserted the same unique row first: SQLite, PostgreSQL
+# (psycopg 2 and 3), MySQL; over HTTP a tracking server passes its database's words on.
+_LOST_RACE = ("UNIQUE constraint failed", "duplicate key value violates unique constraint", "UniqueViolation",
+              "Duplicate entry")  # fmt: skip
+
+
+def lost_insert_race(exc: BaseException) -> bool:
+    """Whether ``exc`` is a store refusing a row that another writer inserted a moment before."""
+    import sqlalchemy.exc
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.exc.IntegrityError) or any(s in str(seen) for s in _LOST_RACE):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def log_dataset(dataset: Any, context: str, tags: dict[str, str], attempts: int = 3) -> None:
+    """``mlflow.log_input`` on the active run, again if it lost a race to insert the dataset.
+
+    MLflow looks the dataset up in the experiment, then inserts it if it is new: two runs that
+    log the same new dataset at once (the first trials of a sweep, two trainings on a new store)
+    can both find none, and the second insert then fails on the unique key. Its transaction was
+    rolled back, so the next try finds the other's row and links the run to it.
+    """
+    import mlflow
+
+    for attempt in range(1, attempts + 1):
+        try:
+            mlflow.log_input(dataset, context=context, tags=tags)
+            return
+        except Exception as exc:
+            if attempt == attempts or not lost_insert_race(exc):
+                raise
+            log.info("dataset %s was inserted by another run at the same time; linking to it", dataset.name)
+
+
 def client(uri: str) -> Any:
     """An ``MlflowClient`` for ``uri``."""
     _quiet_mlflow()
