@@ -10,8 +10,13 @@ STORE  ?= sqlite:///$(CURDIR)/mlflow.db
 LAB_PORT ?= 8888
 # Jupyter refuses to run as root unless told: containers and CI often are root.
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
+# make test's parallel workers (pytest-xdist). More than the cores: most tests spend their time
+# waiting on the processes, kernels and servers they start. loadgroup keeps the tests that share
+# a module fixture on one worker; the order of tests/conftest.py's LONGEST_FIRST is kept.
+TEST_WORKERS ?= 4
+PARALLEL := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
-.PHONY: install run train lab test test-fast lint typecheck unit nbval notebooks lock bench clean
+.PHONY: install run train lab test test-fast lint typecheck unit nbval suite notebooks lock bench clean
 
 # The venv, installed with requirements.txt as constraints: every machine gets the same versions.
 $(STAMP): pyproject.toml $(LOCK)
@@ -39,13 +44,19 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-unit: install
-	$(BIN)/pytest
+unit: install ## every test under tests/, in parallel
+	$(BIN)/pytest $(PARALLEL)
 
 nbval: install ## every notebook runs top to bottom; checked cells print what is committed
 	$(BIN)/pytest --nbval-lax notebooks -p no:cacheprovider -q
 
-test: lint typecheck unit nbval ## lint, type-check, every test, then nbval over notebooks/
+suite: install ## every test and nbval over notebooks/, in one parallel session
+	$(BIN)/pytest $(PARALLEL) --nbval-lax -p no:cacheprovider tests notebooks
+
+test: ## lint, type-check, every test and nbval over notebooks/; the last line is its wall time
+	@start=$$(date +%s); $(MAKE) --no-print-directory lint typecheck suite; status=$$?; \
+	echo "make test: $$([ $$status -eq 0 ] && echo passed || echo FAILED) in $$(($$(date +%s) - start)) s wall"; \
+	exit $$status
 
 test-fast: install ## the edit-test loop: lint, then the unit and data tests (no integration, nothing slow)
 	$(BIN)/ruff check .

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import run_cli
+from support import run_cli
 
 
 def test_import_of_the_cli_loads_no_heavy_library() -> None:

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import one_line_error, run_cli
 from mnistops.data import cache, sources
 from mnistops.data.dataset import Dataset
 from mnistops.data.idx import to_idx
 from mnistops.data.unpickle import NumpyOnlyUnpickler
 from mnistops.errors import ChecksumError, DataError, SourceUnavailableError, ValidationError
+from support import one_line_error, run_cli
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import run_cli
 from mnistops.data.dataset import Dataset
+from support import run_cli
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.cnn
@@ -52,7 +52,7 @@ def test_device_cuda_without_a_gpu_is_one_line_naming_the_fix(store: Path) -> No
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
-    from conftest import one_line_error
+    from support import one_line_error
 
     proc = run_cli("train", *FAST, "--set", "model.params.device=cuda")
     line = one_line_error(proc)

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import one_line_error, read_store, run_cli
 from mnistops.data.dataset import Dataset
+from support import one_line_error, read_store, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--set", "model.params.n_estimators=4", "--set", "model.params.max_depth=6"]

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import one_line_error, run_cli
 from mnistops.data import cache, sources
 from mnistops.data.dataset import Dataset
+from support import one_line_error, run_cli
 
 GOOD = ["--set", "model.params.n_estimators=25", "--set", "model.params.max_depth=14"]
 BETTER = ["--set", "model.params.n_estimators=40", "--set", "model.params.max_depth=18"]

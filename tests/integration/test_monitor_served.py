@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import CLOSED_MIRROR, one_line_error
 from mnistops.serve import launch
+from support import CLOSED_MIRROR, one_line_error
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -127,7 +127,7 @@ print(json.dumps([{"verdict": r.data.tags["mnistops.monitor.verdict"], "status":
 
 
 def read_monitoring_runs(work: Work) -> list[dict[str, Any]]:
-    from conftest import read_store
+    from support import read_store
 
     return read_store(work.env["MLFLOW_TRACKING_URI"], RUNS)  # type: ignore[return-value]
 

@@ -20,7 +20,7 @@ import nbformat
 import psutil
 import pytest
 
-from conftest import CLOSED_MIRROR, read_store
+from support import CLOSED_MIRROR, read_store
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
@@ -78,6 +78,7 @@ def seed_batch(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) ->
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("seed_batch")
 def test_the_batch_runs_every_notebook_and_keeps_each_executed_copy(seed_batch: tuple[Path, dict[str, Any]]) -> None:
     work, result = seed_batch
     assert result["status"] == "FINISHED"
@@ -97,6 +98,7 @@ def test_the_batch_runs_every_notebook_and_keeps_each_executed_copy(seed_batch: 
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("seed_batch")
 def test_the_batch_run_holds_the_record_and_the_training_run_is_its_child(
     seed_batch: tuple[Path, dict[str, Any]],
 ) -> None:
@@ -125,6 +127,7 @@ def test_the_batch_run_holds_the_record_and_the_training_run_is_its_child(
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("seed_batch")
 def test_the_training_notebook_shows_the_seed_result(seed_batch: tuple[Path, dict[str, Any]]) -> None:
     _, result = seed_batch
     assert round(result["training_metrics"]["accuracy"], 4) == 0.9669
@@ -143,6 +146,7 @@ def test_the_training_notebook_shows_the_seed_result(seed_batch: tuple[Path, dic
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("seed_batch")
 def test_the_notebook_trains_exactly_what_mnistops_train_trains(
     seed_batch: tuple[Path, dict[str, Any]], session_cache: Path
 ) -> None:
@@ -162,6 +166,7 @@ def test_the_notebook_trains_exactly_what_mnistops_train_trains(
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("seed_batch")
 def test_the_html_copy_renders_offline_in_chromium(seed_batch: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(chromium).exists():
@@ -410,6 +415,7 @@ def test_make_lab_serves_the_notebooks_and_the_project_kernel_on_loopback(tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("seed_batch")
 def test_the_serving_notebook_runs_only_when_asked_and_stops_its_server(seed_batch: tuple[Path, dict[str, Any]],
                                                                       session_cache: Path) -> None:  # fmt: skip
     """``--only 05`` after the batch: the model the batch trained, served on loopback, answers as it

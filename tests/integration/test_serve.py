@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import CLOSED_MIRROR, one_line_error
 from mnistops.data.dataset import Dataset
 from mnistops.serve import launch
+from support import CLOSED_MIRROR, one_line_error
 
 GOOD = ["--set", "model.params.n_estimators=25", "--set", "model.params.max_depth=14"]
 BETTER = ["--set", "model.params.n_estimators=40", "--set", "model.params.max_depth=18"]
@@ -106,6 +106,7 @@ def png(array: np.ndarray, mode: str = "L") -> bytes:
     return out.getvalue()
 
 
+@pytest.mark.xdist_group("serve")
 def test_answers_agree_with_the_model_offline_and_are_counted_and_logged(trained: Store, mnist: Dataset) -> None:
     images = mnist.images[-200:]
     s = trained.start("--set", "serve.prediction_log=agree.db")
@@ -144,6 +145,7 @@ def test_answers_agree_with_the_model_offline_and_are_counted_and_logged(trained
     np.testing.assert_allclose([r[3] for r in rows], want.max(axis=1), atol=1e-9)
 
 
+@pytest.mark.xdist_group("serve")
 def test_health_ready_model_page_and_image_upload(server: launch.Server, trained: Store, mnist: Dataset) -> None:
     assert server.get("/health") == {"status": "ok"}
     assert server.get("/ready") == {"status": "ready", "model": "mnist-classifier", "version": "1"}
@@ -233,6 +235,7 @@ BAD_UPLOADS = [
 
 
 @pytest.mark.parametrize(("body", "status", "detail"), BAD_JSON, ids=[d for _, _, d in BAD_JSON])
+@pytest.mark.xdist_group("serve")
 def test_bad_json_gets_a_4xx_that_says_what_was_wrong(server: launch.Server, body: bytes, status: int,
                                                       detail: str) -> None:  # fmt: skip
     answer = server.post("/predict", body)
@@ -241,6 +244,7 @@ def test_bad_json_gets_a_4xx_that_says_what_was_wrong(server: launch.Server, bod
 
 
 @pytest.mark.parametrize(("body", "kind", "status", "detail"), BAD_UPLOADS, ids=[d for *_, d in BAD_UPLOADS])
+@pytest.mark.xdist_group("serve")
 def test_bad_uploads_get_a_4xx_that_says_what_was_wrong(server: launch.Server, body: bytes | str, kind: str,
                                                         status: int, detail: str) -> None:  # fmt: skip
     made = {
@@ -258,6 +262,7 @@ def test_bad_uploads_get_a_4xx_that_says_what_was_wrong(server: launch.Server, b
     assert detail in answer["detail"], answer
 
 
+@pytest.mark.xdist_group("serve")
 def test_refusals_are_counted_as_errors_and_the_server_keeps_answering(server: launch.Server,
                                                                        mnist: Dataset) -> None:  # fmt: skip
     before = server.get("/metrics")
@@ -288,6 +293,7 @@ def _reload(server: launch.Server, token: str | None) -> tuple[int, dict[str, An
         return exc.code, json.loads(exc.read())
 
 
+@pytest.mark.xdist_group("serve")
 def test_admin_reload_needs_the_token_and_switches_at_once(server: launch.Server, trained: Store) -> None:
     """The module's server polls every 10 minutes: only /admin/reload can make it switch here."""
     assert _reload(server, None) == (403, {"detail": "a valid bearer token is required"})
@@ -310,6 +316,7 @@ def test_admin_reload_needs_the_token_and_switches_at_once(server: launch.Server
         plain.stop()
 
 
+@pytest.mark.xdist_group("serve")
 def test_follows_the_champion_under_load_without_a_failed_request(trained: Store, mnist: Dataset) -> None:
     """@champion moves from v1 to v2 while 4 clients keep asking: no request fails, and every
     request sent after the first answer from v2 is answered by v2."""
@@ -373,6 +380,7 @@ def test_follows_the_champion_under_load_without_a_failed_request(trained: Store
     assert logged["2"] == 4 * sum(a[2] == "2" for a in answers)
 
 
+@pytest.mark.xdist_group("serve")
 def test_several_workers_share_the_port_and_sum_their_metrics(trained: Store, mnist: Dataset) -> None:
     s = trained.start("--workers", "2", "--set", "serve.prediction_log=null")
     try:
@@ -387,6 +395,7 @@ def test_several_workers_share_the_port_and_sum_their_metrics(trained: Store, mn
     assert metric(text, "mnistops_model_info") == 1  # one version answers, whichever the champion is
 
 
+@pytest.mark.xdist_group("serve")
 def test_serve_refuses_what_would_fail_later_with_one_line(trained: Store) -> None:
     import socket
 

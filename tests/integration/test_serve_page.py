@@ -16,16 +16,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import CLOSED_MIRROR
 from mnistops.data.dataset import Dataset
 from mnistops.serve import launch
+from support import CLOSED_MIRROR
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run"]  # fmt: skip
 SCALE = 10  # canvas pixels per MNIST pixel (a 280x280 pad)
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run does)")
+pytestmark = [
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run does)"),
+    pytest.mark.xdist_group("serve_page"),  # one server and one browser for the module
+]
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import one_line_error, read_store, run_cli
+from support import one_line_error, read_store, run_cli
 
 SPACE = """model: random_forest
 params:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import one_line_error, read_store, run_cli
 from integration.services import free_port, have_postgres, postgres
+from support import one_line_error, read_store, run_cli
 
 pytestmark = pytest.mark.skipif(not have_postgres(), reason="needs Debian's PostgreSQL 15 (.ci/run installs it)")
 

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import one_line_error, read_store, run_cli
 from mnistops.data import sources
 from mnistops.data.dataset import Dataset
+from support import one_line_error, read_store, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--set", "model.params.n_estimators=8", "--set", "model.params.max_depth=8"]
@@ -70,6 +70,7 @@ def seed_run(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> t
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("seed_run")
 def test_seed_config_matches_the_notebooks_logged_result(seed_run: tuple[Path, dict[str, Any]]) -> None:
     _, result = seed_run
     assert abs(result["metrics"]["accuracy"] - 0.9669) <= 0.001
@@ -98,6 +99,7 @@ def test_seed_config_matches_the_notebooks_logged_result(seed_run: tuple[Path, d
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("seed_run")
 def test_run_reads_back_with_everything_recorded(seed_run: tuple[Path, dict[str, Any]],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     work, result = seed_run
@@ -179,6 +181,7 @@ print(json.dumps({{"labels": out["label"].tolist(), "p_sum": float(out.filter(li
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("seed_run")
 def test_model_loads_with_stock_mlflow_in_a_fresh_process(seed_run: tuple[Path, dict[str, Any]], mnist: Dataset,
                                                           tmp_path: Path) -> None:  # fmt: skip
     work, result = seed_run
@@ -196,6 +199,7 @@ def test_model_loads_with_stock_mlflow_in_a_fresh_process(seed_run: tuple[Path, 
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("seed_run")
 def test_model_artifact_is_compact(seed_run: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
     work, result = seed_run
     import mlflow

@@ -215,11 +215,13 @@ def _human(since: str, start: float) -> str:
 def _record(tracking_uri: str, model: Watched, result: checks.Result, out: dict[str, Any], page: str,
             parent_run_id: str = "") -> str:  # fmt: skip
     """A run in the ``monitoring`` experiment: the verdict, each check's p-value, the report."""
-    from mnistops.tracking.store import client
+    from mnistops.tracking.store import client, ensure_experiment
 
     c = client(tracking_uri)
-    experiment = c.get_experiment_by_name(EXPERIMENT)
-    experiment_id = experiment.experiment_id if experiment else c.create_experiment(EXPERIMENT)
+    # Its artifacts beside a SQLite store, as a training's: not in the working folder (a notebook
+    # kernel's is notebooks/).
+    ensure_experiment(tracking_uri, EXPERIMENT)
+    experiment_id = c.get_experiment_by_name(EXPERIMENT).experiment_id
     tags = {
         "mnistops.run_type": "monitoring",
         "mnistops.monitor.model": model.name,
