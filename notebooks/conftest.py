@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
 _STORE: dict[str, str] = {}
 
 
