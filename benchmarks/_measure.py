@@ -30,8 +30,12 @@ with open(sys.argv[1], "w") as f:
 def measure(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> dict[str, object]:
     """Run ``cmd``; return wall seconds, peak RSS in MiB of that child, exit code and stdout."""
     paths = [cwd / ".bench.json", cwd / ".bench.out", cwd / ".bench.err"]
-    subprocess.run([sys.executable, "-c", _LAUNCHER, *map(str, paths), *cmd], cwd=cwd,
-                   env={**os.environ, **(env or {})}, check=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, *map(str, paths), *cmd],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        check=True,
+    )
     stats = json.loads(paths[0].read_text())
     result = {
         "wall_s": round(stats["wall_s"], 3),
@@ -57,8 +61,9 @@ if __name__ == "__main__":
     _self_test()
 
 
-def measure_tree(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, interval: float = 0.05
-                 ) -> dict[str, object]:  # fmt: skip
+def measure_tree(
+    cmd: list[str], cwd: Path, env: dict[str, str] | None = None, interval: float = 0.05
+) -> dict[str, object]:
     """Run ``cmd``; return wall seconds, the peak of the summed RSS of it and every descendant
     (a notebook batch is a runner plus kernel processes), exit code and output.
 

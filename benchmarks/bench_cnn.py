@@ -36,8 +36,11 @@ def main(max_fast_epochs: int = 4) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-cnn-") as tmp:
         work = Path(tmp)
         (work / "nb").mkdir()
-        nb = measure([sys.executable, str(ROOT / "benchmarks" / "notebook_pipeline.py"), str(work / "nb"), "120", "20"],
-                     work / "nb", env)  # fmt: skip
+        nb = measure(
+            [sys.executable, str(ROOT / "benchmarks" / "notebook_pipeline.py"), str(work / "nb"), "120", "20"],
+            work / "nb",
+            env,
+        )
         assert nb["returncode"] == 0, nb["stderr_tail"]
         nb_json = json.loads(str(nb["stdout"]).strip().splitlines()[-1])
         uri = f"sqlite:///{work / 'mlflow.db'}"
@@ -51,8 +54,12 @@ def main(max_fast_epochs: int = 4) -> None:
             m = measure(cmd, work, env)
             assert m["returncode"] == 0, m["stderr_tail"]
             out = json.loads(str(m["stdout"]))
-            return {"wall_s": m["wall_s"], "accuracy": round(out["metrics"]["accuracy"], 5),
-                    "fit_s": round(out["metrics"]["time_fit_s"], 2), "peak_rss_mb": m["peak_rss_mb"]}  # fmt: skip
+            return {
+                "wall_s": m["wall_s"],
+                "accuracy": round(out["metrics"]["accuracy"], 5),
+                "fit_s": round(out["metrics"]["time_fit_s"], 2),
+                "peak_rss_mb": m["peak_rss_mb"],
+            }
 
         fast_tries = []
         for epochs in range(1, max_fast_epochs + 1):
@@ -68,14 +75,22 @@ def main(max_fast_epochs: int = 4) -> None:
         "full_reaches_0.994": float(full["accuracy"]) >= FULL_TARGET,  # type: ignore[arg-type]
         "full_within_5x_notebook": float(full["wall_s"]) <= FULL_WALL_RATIO * float(nb["wall_s"]),  # type: ignore[arg-type]
     }
-    print(json.dumps({
-        "benchmark": "cnn", "processor": processor(), "cpu_count": os.cpu_count(),
-        "notebook_rf": {"wall_s": nb["wall_s"], "accuracy": round(nb_json["accuracy"], 5)},
-        "fast": fast, "fast_tries": fast_tries, "full": full,
-        "fast_wall_ratio": round(float(fast["wall_s"]) / float(nb["wall_s"]), 3),  # type: ignore[arg-type]
-        "full_wall_ratio": round(float(full["wall_s"]) / float(nb["wall_s"]), 3),  # type: ignore[arg-type]
-        "met": met,
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "benchmark": "cnn",
+                "processor": processor(),
+                "cpu_count": os.cpu_count(),
+                "notebook_rf": {"wall_s": nb["wall_s"], "accuracy": round(nb_json["accuracy"], 5)},
+                "fast": fast,
+                "fast_tries": fast_tries,
+                "full": full,
+                "fast_wall_ratio": round(float(fast["wall_s"]) / float(nb["wall_s"]), 3),  # type: ignore[arg-type]
+                "full_wall_ratio": round(float(full["wall_s"]) / float(nb["wall_s"]), 3),  # type: ignore[arg-type]
+                "met": met,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

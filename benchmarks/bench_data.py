@@ -88,8 +88,9 @@ def main(repeat: int = 5) -> None:
         "rss_ratio": round(summary["mnistops"]["peak_rss_mb"] / summary["notebook"]["peak_rss_mb"], 3),
     }
     met = {k: ratios[k] <= v for k, v in TARGETS.items()}
-    print(json.dumps({"benchmark": "data", "repeat": repeat, **summary, "ratios": ratios, "targets": TARGETS,
-                      "met": met}))  # fmt: skip
+    print(
+        json.dumps({"benchmark": "data", "repeat": repeat, **summary, "ratios": ratios, "targets": TARGETS, "met": met})
+    )
 
 
 if __name__ == "__main__":

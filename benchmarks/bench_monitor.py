@@ -68,8 +68,12 @@ def main() -> None:
         median = statistics.median(verdict_s)
         worst = max(worst, median)
         predict = statistics.median(predict_s)
-        out[kind] = {"verdict_s": round(median, 3), "forest_predict_s": round(predict, 3),
-                     "ratio_to_predict": round(median / predict, 2), "verdicts": verdicts}  # fmt: skip
+        out[kind] = {
+            "verdict_s": round(median, 3),
+            "forest_predict_s": round(predict, 3),
+            "ratio_to_predict": round(median / predict, 2),
+            "verdicts": verdicts,
+        }
     out["target_s"] = TARGET_SECONDS
     out["meets_target"] = worst < TARGET_SECONDS
     print(json.dumps(out))

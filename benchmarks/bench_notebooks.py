@@ -47,21 +47,35 @@ def run_once(work: Path) -> dict[str, dict[str, object]]:
     sides: dict[str, dict[str, object]] = {}
     seed = str(ROOT / "configs" / "seed.yaml")
     commands = {
-        "suite": [sys.executable, str(ROOT / "run_notebooks.py"), "--config", seed, "-p", "force", "True", "--json",
-                  "--out", "outputs"],
+        "suite": [
+            sys.executable,
+            str(ROOT / "run_notebooks.py"),
+            "--config",
+            seed,
+            "-p",
+            "force",
+            "True",
+            "--json",
+            "--out",
+            "outputs",
+        ],
         "train": [sys.executable, "-m", "mnistops", "train", "--config", seed, "--force", "--json"],
         "seed_pipeline": [sys.executable, str(ROOT / "benchmarks" / "notebook_pipeline.py"), ".", "120", "20"],
-    }  # fmt: skip
+    }
     for name, cmd in commands.items():
         folder = work / name
         folder.mkdir()
         env = {**base_env, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
         result = measure_tree(cmd, folder, env)
         assert result["returncode"] == 0, (name, result["stderr_tail"])
-        out = json.loads(str(result["stdout"]).strip().splitlines()[-1] if name == "seed_pipeline" else
-                         str(result["stdout"]))  # fmt: skip
-        accuracy = {"suite": lambda o: o["training_metrics"]["accuracy"], "train": lambda o: o["metrics"]["accuracy"],
-                    "seed_pipeline": lambda o: o["accuracy"]}[name](out)  # fmt: skip
+        out = json.loads(
+            str(result["stdout"]).strip().splitlines()[-1] if name == "seed_pipeline" else str(result["stdout"])
+        )
+        accuracy = {
+            "suite": lambda o: o["training_metrics"]["accuracy"],
+            "train": lambda o: o["metrics"]["accuracy"],
+            "seed_pipeline": lambda o: o["accuracy"],
+        }[name](out)
         if name == "suite":
             assert out["status"] == "FINISHED" and out["training_cached"] is False, out
         sides[name] = {"wall_s": result["wall_s"], "peak_rss_mb": result["peak_rss_mb"], "accuracy": round(accuracy, 5)}
@@ -82,21 +96,26 @@ def main() -> None:
         sides["ratios"] = {
             "suite_wall_vs_seed": round(float(sides["suite"]["wall_s"]) / float(sides["seed_pipeline"]["wall_s"]), 3),
             "train_wall_vs_seed": round(float(sides["train"]["wall_s"]) / float(sides["seed_pipeline"]["wall_s"]), 3),
-            "suite_rss_vs_seed": round(float(sides["suite"]["peak_rss_mb"]) /
-                                       float(sides["seed_pipeline"]["peak_rss_mb"]), 3),
-        }  # fmt: skip
+            "suite_rss_vs_seed": round(
+                float(sides["suite"]["peak_rss_mb"]) / float(sides["seed_pipeline"]["peak_rss_mb"]), 3
+            ),
+        }
         runs.append(sides)
     ratios = [r["ratios"]["suite_wall_vs_seed"] for r in runs]
     median = runs[ratios.index(statistics.median_low(ratios))]
-    print(json.dumps({
-        "benchmark": "notebooks",
-        "processor": processor(),
-        "repeat": args.repeat,
-        **median,
-        "all_suite_wall_vs_seed": ratios,
-        "target_suite_wall_vs_seed": TARGET_WALL_RATIO,
-        "met": median["ratios"]["suite_wall_vs_seed"] <= TARGET_WALL_RATIO,
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "benchmark": "notebooks",
+                "processor": processor(),
+                "repeat": args.repeat,
+                **median,
+                "all_suite_wall_vs_seed": ratios,
+                "target_suite_wall_vs_seed": TARGET_WALL_RATIO,
+                "met": median["ratios"]["suite_wall_vs_seed"] <= TARGET_WALL_RATIO,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

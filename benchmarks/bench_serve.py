@@ -45,8 +45,14 @@ SCENARIOS = (("single c=1", 1, 1), ("single c=8", 1, 8), ("batch64 c=1", 64, 1))
 
 
 def train_champion(work: Path, env: dict[str, str]) -> None:
-    proc = subprocess.run([sys.executable, "-m", "mnistops", "train", "--promote", "--json"], cwd=work, env=env,
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "mnistops", "train", "--promote", "--json"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"training the champion failed: {proc.stderr[-2000:]}")
 
@@ -54,13 +60,34 @@ def train_champion(work: Path, env: dict[str, str]) -> None:
 def start(kind: str, work: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     if kind == "mnistops":
-        cmd = [sys.executable, "-m", "mnistops", "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--set", "serve.prediction_log=predictions.db"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "mnistops",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--set",
+            "serve.prediction_log=predictions.db",
+        ]
         ready = "/ready"
     else:
         mlflow = str(Path(sys.executable).parent / "mlflow")
-        cmd = [mlflow, "models", "serve", "-m", "models:/mnist-classifier@champion", "--env-manager", "local",
-               "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+        cmd = [
+            mlflow,
+            "models",
+            "serve",
+            "-m",
+            "models:/mnist-classifier@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ]
         ready = "/ping"
     path = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
     log = open(work / f"{kind}.log", "wb")  # noqa: SIM115 (closed with the process)
@@ -97,8 +124,9 @@ def body(kind: str, images: np.ndarray) -> bytes:
     return json.dumps({key: images.tolist()}).encode()
 
 
-def load(kind: str, url: str, images: np.ndarray, per_request: int, clients: int, requests: int,
-         seconds: float) -> dict[str, Any]:  # fmt: skip
+def load(
+    kind: str, url: str, images: np.ndarray, per_request: int, clients: int, requests: int, seconds: float
+) -> dict[str, Any]:
     """``requests`` requests of ``per_request`` images from ``clients`` clients at once, or as
     many as fit in ``seconds``; latency of each, failures counted."""
     import httpx

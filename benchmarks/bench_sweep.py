@@ -62,12 +62,33 @@ def sweep(folder: Path, data: Path, space: Path, trials: int, workers: int, *ext
     uri = f"sqlite:///{work / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     # The store exists before the clock starts, as a user's does: not the 3 s of a new store's migrations.
-    subprocess.run([sys.executable, "-c", f"from mnistops.tracking import store; store.check_store({uri!r})"],
-                   env=env, check=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-c", f"from mnistops.tracking import store; store.check_store({uri!r})"], env=env, check=True
+    )
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "mnistops", "sweep", "--space", str(space), "--trials", str(trials),
-                           "--workers", str(workers), *extra, "--set", f"data.dataset={data}", "--json"],
-                          capture_output=True, text=True, env=env, cwd=work, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mnistops",
+            "sweep",
+            "--space",
+            str(space),
+            "--trials",
+            str(trials),
+            "--workers",
+            str(workers),
+            *extra,
+            "--set",
+            f"data.dataset={data}",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=work,
+        check=False,
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"sweep on {workers} worker(s) failed: {proc.stderr[-2000:]}")
@@ -102,8 +123,13 @@ def stage_sums(uri: str, parent: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=1, help="rounds of the three configurations; the median pair "
-                        "(by the speed-up) is reported, with every round's speed-up")  # fmt: skip
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of the three configurations; the median pair "
+        "(by the speed-up) is reported, with every round's speed-up",
+    )
     args = parser.parse_args()
     rounds = []
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:

@@ -49,8 +49,9 @@ def run_once(workdir: Path) -> dict[str, object]:
     env = {"MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONWARNINGS": "ignore"}
     nb_dir = workdir / "notebook"
     nb_dir.mkdir()
-    nb = measure([sys.executable, str(ROOT / "benchmarks" / "notebook_pipeline.py"), str(nb_dir), "120", "20"],
-                 nb_dir, env)  # fmt: skip
+    nb = measure(
+        [sys.executable, str(ROOT / "benchmarks" / "notebook_pipeline.py"), str(nb_dir), "120", "20"], nb_dir, env
+    )
     assert nb["returncode"] == 0, nb["stderr_tail"]
     nb_json = json.loads(str(nb["stdout"]).strip().splitlines()[-1])
 
@@ -67,8 +68,11 @@ def run_once(workdir: Path) -> dict[str, object]:
     ours_dir.mkdir()
     uri = f"sqlite:///{ours_dir / 'mlflow.db'}"
     mlflow.MlflowClient(uri).search_experiments()  # create the tables before timing
-    ours = measure([sys.executable, "-m", "mnistops", "train", "--config", str(ROOT / "configs" / "seed.yaml"),
-                    "--json"], ours_dir, {**env, "MLFLOW_TRACKING_URI": uri})  # fmt: skip
+    ours = measure(
+        [sys.executable, "-m", "mnistops", "train", "--config", str(ROOT / "configs" / "seed.yaml"), "--json"],
+        ours_dir,
+        {**env, "MLFLOW_TRACKING_URI": uri},
+    )
     assert ours["returncode"] == 0, ours["stderr_tail"]
     ours_json = json.loads(str(ours["stdout"]))
     model_id = ours_json["model_uri"].removeprefix("models:/")
@@ -79,14 +83,25 @@ def run_once(workdir: Path) -> dict[str, object]:
     nb_fit, our_fit = float(nb_json["fit_s"]), float(ours_json["metrics"]["time_fit_s"])
     return {
         "floor": {"wall_s": float(floor["wall_s"]), "peak_rss_mb": floor["peak_rss_mb"]},
-        "notebook": {"wall_s": nb_wall, "fit_s": round(nb_fit, 3), "overhead_s": round(nb_wall - nb_fit, 3),
-                     "peak_rss_mb": nb["peak_rss_mb"], "model_bytes": nb_json["model_bytes"],
-                     "accuracy": round(nb_json["accuracy"], 5), "f1_macro": round(nb_json["f1_macro"], 5)},
-        "mnistops": {"wall_s": our_wall, "fit_s": round(our_fit, 3), "overhead_s": round(our_wall - our_fit, 3),
-                     "peak_rss_mb": ours["peak_rss_mb"], "model_bytes": ours_bytes,
-                     "accuracy": round(ours_json["metrics"]["accuracy"], 5),
-                     "f1_macro": round(ours_json["metrics"]["f1_macro"], 5)},
-    }  # fmt: skip
+        "notebook": {
+            "wall_s": nb_wall,
+            "fit_s": round(nb_fit, 3),
+            "overhead_s": round(nb_wall - nb_fit, 3),
+            "peak_rss_mb": nb["peak_rss_mb"],
+            "model_bytes": nb_json["model_bytes"],
+            "accuracy": round(nb_json["accuracy"], 5),
+            "f1_macro": round(nb_json["f1_macro"], 5),
+        },
+        "mnistops": {
+            "wall_s": our_wall,
+            "fit_s": round(our_fit, 3),
+            "overhead_s": round(our_wall - our_fit, 3),
+            "peak_rss_mb": ours["peak_rss_mb"],
+            "model_bytes": ours_bytes,
+            "accuracy": round(ours_json["metrics"]["accuracy"], 5),
+            "f1_macro": round(ours_json["metrics"]["f1_macro"], 5),
+        },
+    }
 
 
 def main() -> None:
@@ -120,8 +135,19 @@ def main() -> None:
     }
     met = {k: ratios[k] <= v for k, v in TARGETS.items()}
     met["accuracy_within_0.001"] = ratios["accuracy_delta"] <= 0.001
-    print(json.dumps({"benchmark": "train", "cpu_count": os.cpu_count(), **r, "ratios": ratios,
-                      "targets": TARGETS, "met": met, "repeat": args.repeat}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "benchmark": "train",
+                "cpu_count": os.cpu_count(),
+                **r,
+                "ratios": ratios,
+                "targets": TARGETS,
+                "met": met,
+                "repeat": args.repeat,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

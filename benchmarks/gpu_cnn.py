@@ -30,19 +30,58 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 0.994
-BASE = {"channels": [24, 48], "convs_per_block": 1, "hidden": 128, "dropout": 0.1, "epochs": 12, "batch_size": 128,
-        "lr": 0.005, "weight_decay": 1e-4, "label_smoothing": 0.1, "schedule": "onecycle", "augment_shift": 2,
-        "val_fraction": 0.05, "patience": 100, "threads": 0, "device": "cuda", "amp": "off"}  # fmt: skip
+BASE = {
+    "channels": [24, 48],
+    "convs_per_block": 1,
+    "hidden": 128,
+    "dropout": 0.1,
+    "epochs": 12,
+    "batch_size": 128,
+    "lr": 0.005,
+    "weight_decay": 1e-4,
+    "label_smoothing": 0.1,
+    "schedule": "onecycle",
+    "augment_shift": 2,
+    "val_fraction": 0.05,
+    "patience": 100,
+    "threads": 0,
+    "device": "cuda",
+    "amp": "off",
+}
 RECIPES: dict[str, dict[str, Any]] = {
     # configs/cnn.yaml, the CPU's full recipe, as it is
     "cpu_full": {},
-    "wide_20": {"channels": [32, 64], "convs_per_block": 2, "hidden": 256, "dropout": 0.25, "epochs": 20,
-                "batch_size": 256, "lr": 0.006},
-    "wide_30_bf16": {"channels": [48, 96], "convs_per_block": 2, "hidden": 256, "dropout": 0.3, "epochs": 30,
-                     "batch_size": 256, "lr": 0.006, "amp": "bf16"},
-    "wider_40_bf16": {"channels": [64, 128], "convs_per_block": 2, "hidden": 512, "dropout": 0.35, "epochs": 40,
-                      "batch_size": 256, "lr": 0.005, "augment_shift": 3, "amp": "bf16"},
-}  # fmt: skip
+    "wide_20": {
+        "channels": [32, 64],
+        "convs_per_block": 2,
+        "hidden": 256,
+        "dropout": 0.25,
+        "epochs": 20,
+        "batch_size": 256,
+        "lr": 0.006,
+    },
+    "wide_30_bf16": {
+        "channels": [48, 96],
+        "convs_per_block": 2,
+        "hidden": 256,
+        "dropout": 0.3,
+        "epochs": 30,
+        "batch_size": 256,
+        "lr": 0.006,
+        "amp": "bf16",
+    },
+    "wider_40_bf16": {
+        "channels": [64, 128],
+        "convs_per_block": 2,
+        "hidden": 512,
+        "dropout": 0.35,
+        "epochs": 40,
+        "batch_size": 256,
+        "lr": 0.005,
+        "augment_shift": 3,
+        "amp": "bf16",
+    },
+}
 CHOSEN = "wide_20"  # measured on an H100: see README, The CNN
 
 
@@ -58,8 +97,13 @@ def prepare(out: Path) -> None:
     ds = sources.load("mnist")
     split = make_split(ds, "stratified", 0.2, 42)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, x_train=ds.images[split.train], y_train=ds.labels[split.train],
-                        x_test=ds.images[split.test], y_test=ds.labels[split.test])  # fmt: skip
+    np.savez_compressed(
+        out,
+        x_train=ds.images[split.train],
+        y_train=ds.labels[split.train],
+        x_test=ds.images[split.test],
+        y_test=ds.labels[split.test],
+    )
     print(json.dumps({"prepared": str(out), "bytes": out.stat().st_size, "split": split.fingerprint}))
 
 
@@ -96,8 +140,14 @@ def train(cnn: Any, name: str, data: dict[str, np.ndarray], seed: int = 42) -> d
         t0 = time.perf_counter()
         acc = float((model.predict_proba(xt).argmax(1) == data["y_test"]).mean())
         scoring[0] += time.perf_counter() - t0
-        curve.append({"epoch": epoch, "test_accuracy": round(acc, 5), "epoch_s": round(stats["epoch_time_s"], 3),
-                      "train_s": round(time.perf_counter() - started - scoring[0], 2)})  # fmt: skip
+        curve.append(
+            {
+                "epoch": epoch,
+                "test_accuracy": round(acc, 5),
+                "epoch_s": round(stats["epoch_time_s"], 3),
+                "train_s": round(time.perf_counter() - started - scoring[0], 2),
+            }
+        )
 
     torch.cuda.synchronize()
     started = time.perf_counter()
@@ -106,10 +156,17 @@ def train(cnn: Any, name: str, data: dict[str, np.ndarray], seed: int = 42) -> d
     wall = time.perf_counter() - started - scoring[0]
     final = float((model.predict_proba(xt).argmax(1) == data["y_test"]).mean())
     reached = next((c["train_s"] for c in curve if c["test_accuracy"] >= TARGET), None)
-    return {"recipe": name, "params": params, "device": model.tags, "train_s": round(wall, 2),
-            "epoch_s_median": float(np.median([c["epoch_s"] for c in curve])),
-            "best_accuracy": max(c["test_accuracy"] for c in curve), "final_accuracy": round(final, 5),
-            "seconds_to_0.994": reached, "curve": curve}  # fmt: skip
+    return {
+        "recipe": name,
+        "params": params,
+        "device": model.tags,
+        "train_s": round(wall, 2),
+        "epoch_s_median": float(np.median([c["epoch_s"] for c in curve])),
+        "best_accuracy": max(c["test_accuracy"] for c in curve),
+        "final_accuracy": round(final, 5),
+        "seconds_to_0.994": reached,
+        "curve": curve,
+    }
 
 
 def determinism(cnn: Any, data: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -142,8 +199,17 @@ def main() -> None:
     cnn = load_cnn_module()
     with np.load(args.data) as z:
         data = {k: z[k] for k in z.files}
-    print(json.dumps({"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
-                      "cudnn": torch.backends.cudnn.version()}), flush=True)  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "gpu": torch.cuda.get_device_name(0),
+                "torch": torch.__version__,
+                "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version(),
+            }
+        ),
+        flush=True,
+    )
     for name in args.only:
         try:
             print(json.dumps(train(cnn, name, data)), flush=True)

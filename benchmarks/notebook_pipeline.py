@@ -82,10 +82,12 @@ def dividir_dataset(df: pd.DataFrame, test_size: float = 0.2):  # type: ignore[n
 
 
 def construir_pipeline(n_estimators: int = 100, max_depth: int | None = None) -> Pipeline:
-    return Pipeline(steps=[
-        ("scaler", StandardScaler(with_mean=False)),
-        ("clf", RandomForestClassifier(n_estimators=n_estimators, max_depth=max_depth, random_state=42, n_jobs=-1)),
-    ])  # fmt: skip
+    return Pipeline(
+        steps=[
+            ("scaler", StandardScaler(with_mean=False)),
+            ("clf", RandomForestClassifier(n_estimators=n_estimators, max_depth=max_depth, random_state=42, n_jobs=-1)),
+        ]
+    )
 
 
 def main(store: str, n_estimators: int, max_depth: int) -> dict[str, object]:
@@ -115,10 +117,20 @@ def main(store: str, n_estimators: int, max_depth: int) -> dict[str, object]:
         mlflow.log_artifact(report_path)
         info = mlflow.sklearn.log_model(model, name="modelo", serialization_format="cloudpickle")
     local = mlflow.artifacts.download_artifacts(info.model_uri) if not info.model_uri.startswith("file") else None
-    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(local or store) for f in fs
-               if "modelo" in d or local)  # fmt: skip
-    return {"run_id": run.info.run_id, "accuracy": acc, "f1_macro": f1, "fit_s": fit_s,
-            "model_bytes": size, "wall_s": time.perf_counter() - T0}  # fmt: skip
+    size = sum(
+        os.path.getsize(os.path.join(d, f))
+        for d, _, fs in os.walk(local or store)
+        for f in fs
+        if "modelo" in d or local
+    )
+    return {
+        "run_id": run.info.run_id,
+        "accuracy": acc,
+        "f1_macro": f1,
+        "fit_s": fit_s,
+        "model_bytes": size,
+        "wall_s": time.perf_counter() - T0,
+    }
 
 
 if __name__ == "__main__":

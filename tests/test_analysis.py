@@ -14,8 +14,9 @@ from mnistops.evaluate import analysis
 def predictions(labels: np.ndarray, proba: np.ndarray) -> analysis.RunPredictions:
     n = len(labels)
     images = np.zeros((n, 28, 28), np.uint8)
-    return analysis.RunPredictions("r", Config(), np.arange(n), images, labels.astype(np.uint8),
-                                   proba.astype(np.float32), MNIST_CLASSES)  # fmt: skip
+    return analysis.RunPredictions(
+        "r", Config(), np.arange(n), images, labels.astype(np.uint8), proba.astype(np.float32), MNIST_CLASSES
+    )
 
 
 def one_hot(pred: np.ndarray, confidence: float = 0.9) -> np.ndarray:
@@ -70,8 +71,9 @@ def test_a_calibrated_model_has_an_ece_near_zero_and_an_overconfident_one_does_n
 
 
 def test_the_champion_comparison_table() -> None:
-    table = analysis.comparison({"candidate": {"accuracy": 0.97, "f1_macro": 0.96},
-                                 "champion": {"accuracy": 0.96, "f1_macro": 0.965}})  # fmt: skip
+    table = analysis.comparison(
+        {"candidate": {"accuracy": 0.97, "f1_macro": 0.96}, "champion": {"accuracy": 0.96, "f1_macro": 0.965}}
+    )
     assert table.loc["accuracy", "delta"] == 0.01 and table.loc["f1_macro", "delta"] == -0.005
     alone = analysis.comparison({"candidate": {"accuracy": 0.97}})
     assert alone.loc["accuracy", "champion"] is None

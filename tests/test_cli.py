@@ -9,8 +9,10 @@ from support import run_cli
 
 
 def test_import_of_the_cli_loads_no_heavy_library() -> None:
-    code = ("import sys, mnistops.cli; heavy = [m for m in ('mlflow', 'sklearn', 'pandas', 'torch', 'matplotlib', "
-            "'numpy', 'pydantic') if m in sys.modules]; print(heavy)")  # fmt: skip
+    code = (
+        "import sys, mnistops.cli; heavy = [m for m in ('mlflow', 'sklearn', 'pandas', 'torch', 'matplotlib', "
+        "'numpy', 'pydantic') if m in sys.modules]; print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -27,7 +27,7 @@ from mnistops import cluster
         ([0, 1], ["0", "1"], "7", None, (1, None)),  # not among the workers the sweep saw: not pinned
         ([0, 1, 2, 3], [], "", None, (4, None)),  # not a Dask worker
     ],
-)  # fmt: skip
+)
 def test_a_host_s_cores_are_dealt_out_to_its_workers(
     cpus: list[int], peers: list[str], name: str, cores: int | None, expected: tuple[int, set[int] | None]
 ) -> None:

@@ -25,10 +25,15 @@ def test_committed_notebook_keeps_the_rule(path: Path) -> None:
 
 
 def test_the_documented_results_are_checked_cells() -> None:
-    checked = {p.stem: "".join(
-        "".join(o.get("text", "")) for c in nbformat.read(p, as_version=4).cells
-        if c.cell_type == "code" and c.source.startswith("# NBVAL_CHECK_OUTPUT") for o in c.outputs)
-        for p in NOTEBOOKS}  # fmt: skip
+    checked = {
+        p.stem: "".join(
+            "".join(o.get("text", ""))
+            for c in nbformat.read(p, as_version=4).cells
+            if c.cell_type == "code" and c.source.startswith("# NBVAL_CHECK_OUTPUT")
+            for o in c.outputs
+        )
+        for p in NOTEBOOKS
+    }
     assert "6197f8243ba91608533360a60d53dbba53ab46f65618e2888573ce96f5386618" in checked["02_validate"]
     assert "PASS: mnist, 70,000 images" in checked["02_validate"]
     assert checked["03_train"] == "accuracy 0.9669\nmacro F1 0.9666\n"
@@ -49,8 +54,13 @@ def test_the_rule_catches_what_must_not_be_committed(tmp_path: Path) -> None:
     nb.metadata["papermill"] = {"duration": 3}
     nbformat.write(nb, path)
     found = "\n".join(problems(path))
-    for expected in ("absolute path '/home/", "a run id '0be4c389", "not executed in order", f"tagged {VOLATILE_TAG}",
-                     "notebook metadata ['papermill']"):  # fmt: skip
+    for expected in (
+        "absolute path '/home/",
+        "a run id '0be4c389",
+        "not executed in order",
+        f"tagged {VOLATILE_TAG}",
+        "notebook metadata ['papermill']",
+    ):
         assert expected in found
     nbformat.write(clean(nbformat.read(path, as_version=4)), path)
     assert "papermill" not in "\n".join(problems(path)) and VOLATILE_TAG not in "\n".join(problems(path))

@@ -120,8 +120,9 @@ def test_params_are_completed_with_the_models_defaults() -> None:
 def test_every_shipped_config_survives_the_trip_through_notebook_parameters(name: str) -> None:
     cfg = load_config(ROOT / "configs" / f"{name}.yaml", environ={})
     values = notebook_values(cfg)
-    back = from_notebook({k: v for k, v in values.items() if k != "overrides"}, overrides=values["overrides"],
-                         environ={})  # fmt: skip
+    back = from_notebook(
+        {k: v for k, v in values.items() if k != "overrides"}, overrides=values["overrides"], environ={}
+    )
     assert back == cfg and back.hash() == cfg.hash()
 
 
@@ -139,8 +140,7 @@ def test_notebook_values_are_short_and_name_the_forest_shortcuts() -> None:
 def test_the_forest_shortcuts_apply_to_forests_only() -> None:
     cfg = from_notebook({"model": "random_forest", "n_estimators": 7, "max_depth": 0}, environ={})
     assert (cfg.model.params["n_estimators"], cfg.model.params["max_depth"]) == (7, None)
-    cnn = from_notebook({"model": "cnn", "n_estimators": 7, "max_depth": 20, "model_params": {"epochs": 1}},
-                        environ={})  # fmt: skip
+    cnn = from_notebook({"model": "cnn", "n_estimators": 7, "max_depth": 20, "model_params": {"epochs": 1}}, environ={})
     assert cnn.model.params["epochs"] == 1 and "n_estimators" not in cnn.model.params
 
 
@@ -157,8 +157,11 @@ def test_notebook_values_lie_between_the_environment_and_the_overrides(tmp_path:
 
 
 def test_a_bad_notebook_value_is_one_line_naming_the_key() -> None:
-    with pytest.raises(ConfigError, match=r"unknown config key model\.params\.n_trees \(from the notebook's "
-                       r"parameters\): allowed keys here are"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown config key model\.params\.n_trees \(from the notebook's "
+        r"parameters\): allowed keys here are",
+    ):
         from_notebook({"model": "random_forest", "model_params": {"n_trees": 3}}, environ={})
 
 
@@ -180,8 +183,13 @@ def test_errors_name_where_the_bad_value_came_from_and_the_closest_key(tmp_path:
     path.write_text("model:\n  params:\n    n_estimater: 3\n")
     with pytest.raises(ConfigError) as exc:
         load_config(path, environ={})
-    assert str(exc.value).startswith(f"unknown config key model.params.n_estimater (from config file {path}): "
-                                     "did you mean model.params.n_estimators? allowed keys here are")  # fmt: skip
-    with pytest.raises(ConfigError, match=r"unknown config key trackin \(from --set trackin\.uri=x\): did you "
-                                          r"mean tracking\?"):  # fmt: skip
+    assert str(exc.value).startswith(
+        f"unknown config key model.params.n_estimater (from config file {path}): "
+        "did you mean model.params.n_estimators? allowed keys here are"
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown config key trackin \(from --set trackin\.uri=x\): did you "
+        r"mean tracking\?",
+    ):
         load_config(overrides=["trackin.uri=x"], environ={})

@@ -72,7 +72,11 @@ def test_duplicate_groups_are_exact_and_flag_disagreeing_labels(mnist: Dataset) 
 def test_every_figure_draws_for_any_dataset(mnist: Dataset) -> None:
     rows = np.arange(3000)
     ds = Dataset("fashion-like", mnist.images[rows], mnist.labels[rows], rows < 2500, class_names=FASHION_CLASSES)
-    for fig in (explore.sample_grid(ds, 4, 0), explore.mean_images(ds), explore.intensity_figure(ds),
-                explore.embedding_figure(explore.embedding(ds, 0, 0), ds.class_names)):  # fmt: skip
+    for fig in (
+        explore.sample_grid(ds, 4, 0),
+        explore.mean_images(ds),
+        explore.intensity_figure(ds),
+        explore.embedding_figure(explore.embedding(ds, 0, 0), ds.class_names),
+    ):
         assert isinstance(fig, Figure) and fig.axes
     assert explore.summary(ds)["value"]["classes"].startswith("T-shirt/top, Trouser")

@@ -9,8 +9,7 @@ from mnistops.data.fingerprint import data_fingerprint, split_fingerprint
 
 def _data(n: int = 30) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(1)
-    return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8), \
-        np.arange(n) < 20  # fmt: skip
+    return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8), np.arange(n) < 20
 
 
 def test_fingerprint_changes_with_any_byte_and_only_then() -> None:
@@ -23,8 +22,11 @@ def test_fingerprint_changes_with_any_byte_and_only_then() -> None:
     flipped[0] = False
     relabelled = labels.copy()
     relabelled[0] = (relabelled[0] + 1) % 10
-    others = {data_fingerprint(changed, labels, is_train), data_fingerprint(images, relabelled, is_train),
-              data_fingerprint(images, labels, flipped)}  # fmt: skip
+    others = {
+        data_fingerprint(changed, labels, is_train),
+        data_fingerprint(images, relabelled, is_train),
+        data_fingerprint(images, labels, flipped),
+    }
     assert base not in others and len(others) == 3
 
 

@@ -41,8 +41,9 @@ def fashion() -> np.ndarray:
     return sources.load("fashion-mnist").images
 
 
-def verdicts(watched: dict[str, Any], kind: str, n: int, fashion: np.ndarray | None = None,
-             batches: int = 20) -> collections.Counter[str]:  # fmt: skip
+def verdicts(
+    watched: dict[str, Any], kind: str, n: int, fashion: np.ndarray | None = None, batches: int = 20
+) -> collections.Counter[str]:
     out: collections.Counter[str] = collections.Counter()
     for seed in range(batches):
         x, _ = simulate.shifted(watched["images"], watched["labels"], kind, n, "moderate", seed, fashion)
@@ -60,8 +61,9 @@ def test_clean_batches_raise_at_most_one_false_alarm_in_twenty(watched: dict[str
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", [k for k in simulate.KINDS if k != "none"])
-def test_each_moderate_shift_is_flagged_in_nineteen_of_twenty(watched: dict[str, Any], fashion: np.ndarray,
-                                                              kind: str) -> None:  # fmt: skip
+def test_each_moderate_shift_is_flagged_in_nineteen_of_twenty(
+    watched: dict[str, Any], fashion: np.ndarray, kind: str
+) -> None:
     got = verdicts(watched, kind, 500, fashion)
     print(kind, dict(got))
     assert got["drift"] >= 19
@@ -69,8 +71,9 @@ def test_each_moderate_shift_is_flagged_in_nineteen_of_twenty(watched: dict[str,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["invert", "fashion"])
-def test_invert_and_fashion_are_flagged_every_time_at_100(watched: dict[str, Any], fashion: np.ndarray,
-                                                          kind: str) -> None:  # fmt: skip
+def test_invert_and_fashion_are_flagged_every_time_at_100(
+    watched: dict[str, Any], fashion: np.ndarray, kind: str
+) -> None:
     assert verdicts(watched, kind, 100, fashion) == {"drift": 20}
 
 

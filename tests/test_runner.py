@@ -25,8 +25,10 @@ def write_notebook(path: Path, parameters: str, batch: bool = True) -> Path:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     if not batch:
         nb.metadata["mnistops"] = {"batch": False}
-    nb.cells = [nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell("x = 1")]  # fmt: skip
+    nb.cells = [
+        nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("x = 1"),
+    ]
     nbformat.write(nb, path)
     return path
 
@@ -36,8 +38,18 @@ def test_the_suite_in_run_order_with_what_each_declares() -> None:
     assert [nb.name for nb in suite] == ["01_explore", "02_validate", "03_train", "04_evaluate"]
     by_name = {nb.name: nb for nb in suite}
     train = by_name["03_train"].parameters
-    assert {"dataset", "seed", "split", "model", "n_estimators", "max_depth", "model_params", "overrides",
-            "config_file", "batch_run_id"} <= set(train)  # fmt: skip
+    assert {
+        "dataset",
+        "seed",
+        "split",
+        "model",
+        "n_estimators",
+        "max_depth",
+        "model_params",
+        "overrides",
+        "config_file",
+        "batch_run_id",
+    } <= set(train)
     assert train["n_estimators"].type == "int" and default_value(train["n_estimators"]) == 120
     assert train["n_estimators"].help.startswith("trees")
     assert set(by_name["04_evaluate"].parameters) == {"run_id", "experiment", "promote"}
@@ -99,8 +111,13 @@ def test_a_broken_notebook_is_one_line(tmp_path: Path) -> None:
 def test_p_values_are_read_as_the_declared_type() -> None:
     suite = discover(NOTEBOOKS)
     cfg = load_config(environ={})
-    pairs = [("n_estimators", "7"), ("experiment", "007"), ("promote", "yes"),
-             ("model_params", "{min_samples_leaf: 2}"), ("test_size", "0.25")]  # fmt: skip
+    pairs = [
+        ("n_estimators", "7"),
+        ("experiment", "007"),
+        ("promote", "yes"),
+        ("model_params", "{min_samples_leaf: 2}"),
+        ("test_size", "0.25"),
+    ]
     plan = params.plan(suite, cfg, pairs=pairs)
     assert plan["03_train"]["n_estimators"] == 7
     assert plan["04_evaluate"]["experiment"] == "007"  # a string stays a string (papermill makes it 7)
@@ -159,9 +176,13 @@ def test_the_runner_refuses_before_anything_runs(tmp_path: Path) -> None:
     """An undeclared parameter: exit 2, one line, no store, no output folder."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "run_notebooks.py"), "-p", "n_trees", "7", "--out", str(tmp_path / "out")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
         env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
-    )  # fmt: skip
+    )
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: -p n_trees: no notebook of this batch declares it")
@@ -170,8 +191,9 @@ def test_the_runner_refuses_before_anything_runs(tmp_path: Path) -> None:
 
 
 def test_run_notebooks_help_names_every_option() -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "run_notebooks.py"), "--help"], capture_output=True, text=True,
-                          check=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run_notebooks.py"), "--help"], capture_output=True, text=True, check=True
+    )
     for option in ("--config", "--set", "-p NAME VALUE", "-f PARAMS.yaml", "--only", "--out", "--json"):
         assert option in proc.stdout
 
@@ -189,8 +211,9 @@ def _parse_in_threads(parse: Callable[[str], object], depths: tuple[int, ...]) -
     recursion counts differ); the SystemErrors they met."""
     import threading
 
-    source = "\n".join(f"def f{i}(a, b=[1, 2, {{3: (4, 5)}}]):\n    return [x * {i} for x in range(a) if x % 2]"
-                       for i in range(100))  # fmt: skip
+    source = "\n".join(
+        f"def f{i}(a, b=[1, 2, {{3: (4, 5)}}]):\n    return [x * {i} for x in range(a) if x % 2]" for i in range(100)
+    )
     errors: list[str] = []
 
     def worker(depth: int) -> None:

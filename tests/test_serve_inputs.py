@@ -169,8 +169,10 @@ def test_forest_proba_is_the_forests_own_predict_proba_bit_for_bit(mnist: Datase
 
     x = mnist.images[:3000].reshape(3000, 784).astype(np.float32) / 255
     y = mnist.labels[:3000]
-    for forest in (RandomForestClassifier(20, max_depth=10, random_state=0, n_jobs=2),
-                   ExtraTreesClassifier(20, max_depth=10, random_state=0)):  # fmt: skip
+    for forest in (
+        RandomForestClassifier(20, max_depth=10, random_state=0, n_jobs=2),
+        ExtraTreesClassifier(20, max_depth=10, random_state=0),
+    ):
         model = make_pipeline(StandardScaler(), forest) if preprocess else forest
         model.fit(x[:2000], y[:2000])
         forest.n_jobs = 1  # sklearn's own order of adding (with threads, the order varies)

@@ -347,8 +347,12 @@ def test_load_data_is_a_drop_in_for_keras(session_cache: Path) -> None:
     from mnistops.data import load_data
 
     (x_train, y_train), (x_test, y_test) = load_data()
-    assert (x_train.shape, y_train.shape, x_test.shape, y_test.shape) == ((60000, 28, 28), (60000,), (10000, 28, 28),
-                                                                          (10000,))  # fmt: skip
+    assert (x_train.shape, y_train.shape, x_test.shape, y_test.shape) == (
+        (60000, 28, 28),
+        (60000,),
+        (10000, 28, 28),
+        (10000,),
+    )
     assert x_train.dtype == y_train.dtype == x_test.dtype == y_test.dtype == np.uint8
     assert y_train[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
     assert y_test[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]

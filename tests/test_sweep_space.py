@@ -24,9 +24,11 @@ def test_a_space_turns_into_optunas_distributions(tmp_path: Path) -> None:
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     f = tmp_path / "s.yaml"
-    f.write_text("model: random_forest\nparams:\n  n_estimators: {type: int, low: 10, high: 40, step: 10}\n"
-                 "  max_features: {type: float, low: 0.01, high: 0.5, log: true}\n"
-                 "  criterion: {type: categorical, choices: [gini, entropy]}\n")  # fmt: skip
+    f.write_text(
+        "model: random_forest\nparams:\n  n_estimators: {type: int, low: 10, high: 40, step: 10}\n"
+        "  max_features: {type: float, low: 0.01, high: 0.5, log: true}\n"
+        "  criterion: {type: categorical, choices: [gini, entropy]}\n"
+    )
     space = load_space(f)
     d = space.distributions()
     assert d["n_estimators"] == IntDistribution(10, 40, step=10)
@@ -40,25 +42,47 @@ def test_a_space_turns_into_optunas_distributions(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("model: random_forest\nparams:\n  n_estimator: {type: int, low: 1, high: 9}\n",
-         "random_forest has no parameter 'n_estimator': did you mean n_estimators? it accepts bootstrap, criterion"),
-        ("model: random_forest\nparams:\n  n_estimators: {type: int, low: 0, high: 9}\n",
-         "params.n_estimators: random_forest refuses 0 (Input should be greater than or equal to 1): narrow the range"),
-        ("model: random_forest\nparams:\n  max_depth: {type: int, low: 9, high: 3}\n",
-         "params.max_depth: low 9 is above high 3"),
-        ("model: random_forest\nparams:\n  max_depth: {type: integer, low: 1, high: 3}\n",
-         "params.max_depth: Input tag 'integer' found using 'type' does not match any of the expected tags"),
-        ("model: random_forest\nparams:\n  criterion: {type: categorical, choices: [gini, cosine]}\n",
-         "params.criterion: random_forest refuses 'cosine'"),
+        (
+            "model: random_forest\nparams:\n  n_estimator: {type: int, low: 1, high: 9}\n",
+            "random_forest has no parameter 'n_estimator': did you mean n_estimators? it accepts bootstrap, criterion",
+        ),
+        (
+            "model: random_forest\nparams:\n  n_estimators: {type: int, low: 0, high: 9}\n",
+            "params.n_estimators: random_forest refuses 0 (Input should be greater than or equal to 1): "
+            "narrow the range",
+        ),
+        (
+            "model: random_forest\nparams:\n  max_depth: {type: int, low: 9, high: 3}\n",
+            "params.max_depth: low 9 is above high 3",
+        ),
+        (
+            "model: random_forest\nparams:\n  max_depth: {type: integer, low: 1, high: 3}\n",
+            "params.max_depth: Input tag 'integer' found using 'type' does not match any of the expected tags",
+        ),
+        (
+            "model: random_forest\nparams:\n  criterion: {type: categorical, choices: [gini, cosine]}\n",
+            "params.criterion: random_forest refuses 'cosine'",
+        ),
         ("model: random_forest\nparams: {}\n", "params: Dictionary should have at least 1 item"),
         ("model: forest\nparams:\n  a: {type: int, low: 1, high: 2}\n", "model: Input should be 'random_forest'"),
-        ("model: random_forest\nmetric: speed\nparams:\n  max_depth: {type: int, low: 1, high: 3}\n",
-         "metric: Input should be 'accuracy'"),
+        (
+            "model: random_forest\nmetric: speed\nparams:\n  max_depth: {type: int, low: 1, high: 3}\n",
+            "metric: Input should be 'accuracy'",
+        ),
         ("model: random_forest\nparams:\n  max_depth: {type: int, low: 1, high: 3\n", "line 4, column 1"),
     ],
-    ids=["unknown-parameter", "refused-bound", "reversed", "unknown-type", "refused-choice", "empty", "unknown-model",
-         "unknown-metric", "malformed-yaml"],
-)  # fmt: skip
+    ids=[
+        "unknown-parameter",
+        "refused-bound",
+        "reversed",
+        "unknown-type",
+        "refused-choice",
+        "empty",
+        "unknown-model",
+        "unknown-metric",
+        "malformed-yaml",
+    ],
+)
 def test_a_bad_space_is_one_line_naming_what_is_wrong(tmp_path: Path, text: str, message: str) -> None:
     f = tmp_path / "space.yaml"
     f.write_text(text)
@@ -79,9 +103,13 @@ def test_a_grid_is_its_lists_crossed_in_file_order(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("", "is empty"), ("n_estimators: 4\n", "n_estimators must be a non-empty list of values"),
-     ("n_estimators: []\n", "must be a non-empty list"), ("- 1\n- 2\n", "must hold a mapping")],
-)  # fmt: skip
+    [
+        ("", "is empty"),
+        ("n_estimators: 4\n", "n_estimators must be a non-empty list of values"),
+        ("n_estimators: []\n", "must be a non-empty list"),
+        ("- 1\n- 2\n", "must hold a mapping"),
+    ],
+)
 def test_a_bad_grid_is_one_line(tmp_path: Path, text: str, message: str) -> None:
     f = tmp_path / "grid.yaml"
     f.write_text(text)

@@ -251,8 +251,12 @@ def data_info(
         "test": len(used.test),
         "fingerprint": used.fingerprint,
     }
-    info["other_split"] = {"strategy": alt.strategy, "train": len(alt.train), "test": len(alt.test),
-                           "fingerprint": alt.fingerprint}  # fmt: skip
+    info["other_split"] = {
+        "strategy": alt.strategy,
+        "train": len(alt.train),
+        "test": len(alt.test),
+        "fingerprint": alt.fingerprint,
+    }
     if as_json:
         _emit_json(info)
         return
@@ -262,8 +266,11 @@ def data_info(
     for key in ("n_samples", "image_shape", "fingerprint", "source", "cache_path", "from_cache"):
         table.add_row(key, str(info[key]))
     for split in (used, alt):
-        how = f"{split.strategy}" + (f" (test_size {cfg.split.test_size}, seed {cfg.seed})" if split.strategy ==
-                                     "stratified" else " (the published 60,000 / 10,000)")  # fmt: skip
+        how = f"{split.strategy}" + (
+            f" (test_size {cfg.split.test_size}, seed {cfg.seed})"
+            if split.strategy == "stratified"
+            else " (the published 60,000 / 10,000)"
+        )
         mark = "  ← training uses this one (config split.strategy)" if split is used else ""
         table.add_row(f"{split.strategy} split", f"train {len(split.train):,} / test {len(split.test):,}: {how}{mark}")
     table.add_row(
@@ -366,8 +373,10 @@ def train_cmd(
         _emit_json({**result.to_dict(), **({"promotion": decision.to_dict()} if decision else {})})
     else:
         if result.cached:
-            _out().print(f"[cyan]cached:[/] run {result.run_id} has the same data, split, config, code and "
-                         "environment; nothing trained (--force to retrain)")  # fmt: skip
+            _out().print(
+                f"[cyan]cached:[/] run {result.run_id} has the same data, split, config, code and "
+                "environment; nothing trained (--force to retrain)"
+            )
         _print_summary(result, f"{cfg.model.name} on {cfg.data.dataset}")
         if decision is not None:
             _print_decision(decision)
@@ -386,9 +395,15 @@ def _print_decision(decision: Any) -> None:
     for col in ("check", "metric", "candidate", "champion", "delta", "threshold", "result"):
         table.add_column(col, justify="right" if col not in ("check", "metric", "result") else "left")
     for c in decision.checks:
-        table.add_row(c.rule, c.metric, f"{c.candidate:.4f}", "-" if c.champion is None else f"{c.champion:.4f}",
-                      "-" if c.delta is None else f"{c.delta:+.4f}", f"{c.threshold:.4f}",
-                      "[green]pass[/]" if c.passed else "[red]fail[/]")  # fmt: skip
+        table.add_row(
+            c.rule,
+            c.metric,
+            f"{c.candidate:.4f}",
+            "-" if c.champion is None else f"{c.champion:.4f}",
+            "-" if c.delta is None else f"{c.delta:+.4f}",
+            f"{c.threshold:.4f}",
+            "[green]pass[/]" if c.passed else "[red]fail[/]",
+        )
     out = _out()
     if decision.checks:
         out.print(table)
@@ -457,8 +472,10 @@ def reproduce_cmd(run_id: RunOpt, config: ConfigOpt = None, set_: SetOpt = None,
             out.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
         colour = {"identical": "green", "within_tolerance": "cyan"}.get(result.verdict, "red")
         out.print(f"[{colour}]{result.verdict.upper()}[/]: run {result.original_run} reproduced as {result.new_run}")
-        out.print(f"  prediction mismatches {result.prediction_mismatches}, max probability diff "
-                  f"{result.max_proba_diff:.3g}, tolerance: {result.tolerance['reason']}")  # fmt: skip
+        out.print(
+            f"  prediction mismatches {result.prediction_mismatches}, max probability diff "
+            f"{result.max_proba_diff:.3g}, tolerance: {result.tolerance['reason']}"
+        )
         for k, v in sorted(result.metric_diffs.items()):
             out.print(f"  {k}: differs by {v:.3g}")
     if result.verdict == "mismatch":
@@ -554,8 +571,11 @@ def sweep_cmd(
         from rich.markup import escape
 
         def on_trial(row: dict[str, Any]) -> None:
-            what = (f"{spec.metric} {row['value']:.4f}" if row["state"] == "COMPLETE"
-                    else f"[red]failed[/]: {escape(row['error'] or '')}")  # fmt: skip
+            what = (
+                f"{spec.metric} {row['value']:.4f}"
+                if row["state"] == "COMPLETE"
+                else f"[red]failed[/]: {escape(row['error'] or '')}"
+            )
             err.print(f"trial {row['number']:>3}  {what}  ({row['seconds']:.1f} s)", highlight=False, soft_wrap=True)
 
     reporter = _reporter(as_json)
@@ -587,8 +607,10 @@ def _print_sweep(result: Any) -> None:
     from mnistops.sweep.run import ranked
 
     out = _out()
-    table = Table(title=f"sweep {result.run_id}: the best trials of {len(result.trials)} "
-                        f"({result.completed} complete, {result.failed} failed)")  # fmt: skip
+    table = Table(
+        title=f"sweep {result.run_id}: the best trials of {len(result.trials)} "
+        f"({result.completed} complete, {result.failed} failed)"
+    )
     for col in ("trial", result.metric, "parameters", "seconds", "run id"):
         table.add_column(col, justify="right" if col in ("trial", result.metric, "seconds") else "left")
     for t in ranked(result):
@@ -648,8 +670,12 @@ def tracking_server_cmd(
         from sqlalchemy.engine import make_url
 
         shown = make_url(p.backend).render_as_string(hide_password=True)
-        err.print(f"MLflow tracking server on {server_uri} (store {shown}, artifacts {p.artifacts}"
-                  f"{', basic auth' if p.auth else ''}); Ctrl-C stops it", highlight=False, soft_wrap=True)  # fmt: skip
+        err.print(
+            f"MLflow tracking server on {server_uri} (store {shown}, artifacts {p.artifacts}"
+            f"{', basic auth' if p.auth else ''}); Ctrl-C stops it",
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.stdout.write(f"export MLFLOW_TRACKING_URI={server_uri}\n")
         sys.stdout.flush()
 
@@ -694,8 +720,9 @@ def monitor_cmd(
 
     cfg, uri = _store(config, set_)
     uri_watched = model or model_uri(cfg.serve, cfg.tracking.registered_model)
-    result = monitor(uri, uri_watched, batch=batch, since=since, prediction_log=cfg.serve.prediction_log,
-                     report=report, seed=seed).out  # fmt: skip
+    result = monitor(
+        uri, uri_watched, batch=batch, since=since, prediction_log=cfg.serve.prediction_log, report=report, seed=seed
+    ).out
     if as_json:
         _emit_json(result)
     else:
@@ -704,11 +731,18 @@ def monitor_cmd(
         out = _out()
         colour = {"ok": "green", "warn": "yellow", "drift": "red"}
         for c in result["checks"]:
-            out.print(f"[{colour[c['verdict']]}]{c['verdict']:>5}[/]  {c['name']:<20} p={c['p_value']:.3g}  "
-                      f"{escape(c['summary'])}", highlight=False, soft_wrap=True)  # fmt: skip
-        out.print(f"[bold {colour[result['verdict']]}]{result['verdict'].upper()}[/] over {result['n']:,} inputs "
-                  f"({result['seconds']:.2f} s); recorded as monitoring run {result['monitoring_run']}"
-                  + (f"; report {result['report']}" if "report" in result else ""), highlight=False)  # fmt: skip
+            out.print(
+                f"[{colour[c['verdict']]}]{c['verdict']:>5}[/]  {c['name']:<20} p={c['p_value']:.3g}  "
+                f"{escape(c['summary'])}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        out.print(
+            f"[bold {colour[result['verdict']]}]{result['verdict'].upper()}[/] over {result['n']:,} inputs "
+            f"({result['seconds']:.2f} s); recorded as monitoring run {result['monitoring_run']}"
+            + (f"; report {result['report']}" if "report" in result else ""),
+            highlight=False,
+        )
     if result["verdict"] == "drift":
         raise typer.Exit(1)
 
@@ -773,10 +807,17 @@ def runs_list(
         table.add_column(col)
     for r in rows:
         mark = "★" if r["champion"] else "↺" if r["reproduction_of"] else "✗" if r["ended_by"] else ""
-        table.add_row(mark, r["run_id"][:12], r["started"], r["status"], r["model"],
-                      " ".join(f"{k}={v}" for k, v in r["params"].items()),
-                      "" if r["accuracy"] is None else f"{r['accuracy']:.4f}",
-                      "" if r["f1_macro"] is None else f"{r['f1_macro']:.4f}", r["data"])  # fmt: skip
+        table.add_row(
+            mark,
+            r["run_id"][:12],
+            r["started"],
+            r["status"],
+            r["model"],
+            " ".join(f"{k}={v}" for k, v in r["params"].items()),
+            "" if r["accuracy"] is None else f"{r['accuracy']:.4f}",
+            "" if r["f1_macro"] is None else f"{r['f1_macro']:.4f}",
+            r["data"],
+        )
     _out().print(table)
     _out().print(
         "★ @champion   ↺ reproduction   ✗ its process died: ended FAILED by mnistops   (ids: any unique prefix)"

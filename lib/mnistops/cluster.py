@@ -72,8 +72,9 @@ def check_address(address: str, timeout: float = 5.0) -> tuple[str, int]:
 
 
 @contextlib.contextmanager
-def connect(workers: int, scheduler: str | None = None, timeout: float = 10.0,
-            preload: Sequence[str] = ()) -> Iterator[Cluster]:  # fmt: skip
+def connect(
+    workers: int, scheduler: str | None = None, timeout: float = 10.0, preload: Sequence[str] = ()
+) -> Iterator[Cluster]:
     """A Dask client: on ``scheduler``, or on a LocalCluster of ``workers`` processes on 127.0.0.1.
 
     A local cluster's workers are forked from a fork server that has imported ``preload`` (and
@@ -99,8 +100,10 @@ def connect(workers: int, scheduler: str | None = None, timeout: float = 10.0,
             n = len(client.scheduler_info(n_workers=-1)["workers"])
             if n == 0:
                 client.close()
-                raise ClusterError(f"the Dask scheduler at {scheduler} has no workers: start some (dask worker "
-                                   f"{scheduler}), then run again")  # fmt: skip
+                raise ClusterError(
+                    f"the Dask scheduler at {scheduler} has no workers: start some (dask worker "
+                    f"{scheduler}), then run again"
+                )
             log.info("connected to the Dask scheduler at %s (%d workers)", scheduler, n)
             yield Cluster(client, scheduler, local=False, workers=n)
         finally:
@@ -122,9 +125,16 @@ def connect(workers: int, scheduler: str | None = None, timeout: float = 10.0,
         ),
     ):
         _preload(preload)
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, local_directory=scratch, silence_logs=logging.CRITICAL,
-                               protocol="tcp")  # fmt: skip
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            local_directory=scratch,
+            silence_logs=logging.CRITICAL,
+            protocol="tcp",
+        )
         try:
             client = Client(cluster, set_as_default=False)
             try:

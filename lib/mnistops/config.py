@@ -286,8 +286,7 @@ def _origin_of(key: str, origin: Mapping[str, str]) -> str:
     return f" (from {origin[max(above, key=len)]})" if above else ""
 
 
-def _describe(exc: ValidationError, data: Mapping[str, Any], prefix: tuple[str, ...],
-              origin: Mapping[str, str]) -> str:  # fmt: skip
+def _describe(exc: ValidationError, data: Mapping[str, Any], prefix: tuple[str, ...], origin: Mapping[str, str]) -> str:
     import difflib
 
     err = exc.errors()[0]

@@ -86,8 +86,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_tags(cfg: Config, ds: Dataset, split_fp: str, env: dict[str, Any],
-             code: dict[str, provenance.GitInfo]) -> dict[str, str]:  # fmt: skip
+def run_tags(
+    cfg: Config, ds: Dataset, split_fp: str, env: dict[str, Any], code: dict[str, provenance.GitInfo]
+) -> dict[str, str]:
     """Tags that trace a run to its code, data, config and environment."""
     tags = {
         "mnistops.run_type": "train",
@@ -118,8 +119,9 @@ def pip_requirements(kind: str, dists: dict[str, tuple[str, str]] | None = None)
     return [f"{n}=={v}" for n, v in versions.items()]
 
 
-def cache_key(cfg: Config, ds: Dataset, split_fp: str, env: dict[str, Any],
-              code: dict[str, provenance.GitInfo]) -> dict[str, str] | None:  # fmt: skip
+def cache_key(
+    cfg: Config, ds: Dataset, split_fp: str, env: dict[str, Any], code: dict[str, provenance.GitInfo]
+) -> dict[str, str] | None:
     """The run-cache key (tags a matching run must carry), or None when the code is dirty."""
     key = {
         "mnistops.data_fingerprint": ds.fingerprint,
@@ -189,9 +191,16 @@ def data_key(cfg: Config) -> tuple[Any, ...]:
     return (cfg.data.dataset, cfg.data.source, cfg.split.strategy, cfg.split.test_size, cfg.seed)
 
 
-def _train(cfg: Config, progress: Reporter, force: bool, register: bool, extra_tags: dict[str, str] | None,
-           parent_run_id: str | None, run_log: store.RunLog,
-           data_cache: dict[tuple[Any, ...], Any] | None = None) -> TrainResult:  # fmt: skip
+def _train(
+    cfg: Config,
+    progress: Reporter,
+    force: bool,
+    register: bool,
+    extra_tags: dict[str, str] | None,
+    parent_run_id: str | None,
+    run_log: store.RunLog,
+    data_cache: dict[tuple[Any, ...], Any] | None = None,
+) -> TrainResult:
     from mnistops.data import sources
     from mnistops.data.split import Split, make_split
     from mnistops.data.validate import validate
@@ -199,23 +208,43 @@ def _train(cfg: Config, progress: Reporter, force: bool, register: bool, extra_t
 
     timer = _Timer()
     uri = store.resolve_uri(cfg.tracking.uri)
-    log.info("mnistops %s train: %s on %s, config %s, seed %d; store %s", mnistops.__version__, cfg.model.name,
-             cfg.data.dataset, cfg.hash()[:12], cfg.seed, uri)  # fmt: skip
+    log.info(
+        "mnistops %s train: %s on %s, config %s, seed %d; store %s",
+        mnistops.__version__,
+        cfg.model.name,
+        cfg.data.dataset,
+        cfg.hash()[:12],
+        cfg.seed,
+        uri,
+    )
 
     def prepare_data() -> tuple[Dataset, dict[str, Any], Split, np.ndarray, dict[str, np.ndarray]]:
         with timer.stage("load"):
             ds = sources.load(cfg.data.dataset, source=cfg.data.source, progress=progress)
-        log.info("data %s: %d images from %s%s, fingerprint %s", ds.name, ds.n_samples,
-                 "the cache" if ds.from_cache else ds.source, f" ({ds.cache_path})" if ds.cache_path else "",
-                 ds.fingerprint)  # fmt: skip
+        log.info(
+            "data %s: %d images from %s%s, fingerprint %s",
+            ds.name,
+            ds.n_samples,
+            "the cache" if ds.from_cache else ds.source,
+            f" ({ds.cache_path})" if ds.cache_path else "",
+            ds.fingerprint,
+        )
         with timer.stage("validate"):
             report = validate(ds)
-        log.info("validation passed with %d warning(s)%s", len(report["warnings"]),
-                 "".join(f"; {w}" for w in report["warnings"]))  # fmt: skip
+        log.info(
+            "validation passed with %d warning(s)%s",
+            len(report["warnings"]),
+            "".join(f"; {w}" for w in report["warnings"]),
+        )
         with timer.stage("split"):
             split = make_split(ds, cfg.split.strategy, cfg.split.test_size, cfg.seed)
-        log.info("split %s: train %d, test %d, fingerprint %s", split.strategy, len(split.train), len(split.test),
-                 split.fingerprint)  # fmt: skip
+        log.info(
+            "split %s: train %d, test %d, fingerprint %s",
+            split.strategy,
+            len(split.train),
+            len(split.test),
+            split.fingerprint,
+        )
         with timer.stage("reference"):
             from mnistops.monitor.reference import input_profile
 
@@ -291,8 +320,13 @@ def _train(cfg: Config, progress: Reporter, force: bool, register: bool, extra_t
             )
         durations = {**timer.durations, "time_total_s": timer.total()}
         metrics = {**result.metrics, **durations, "peak_rss_mb": round(peak_rss_mb(), 1)}
-        log.info("accuracy %.4f, macro F1 %.4f, log loss %.4f; model %s", metrics["accuracy"], metrics["f1_macro"],
-                 metrics["log_loss"], info.model_uri)  # fmt: skip
+        log.info(
+            "accuracy %.4f, macro F1 %.4f, log loss %.4f; model %s",
+            metrics["accuracy"],
+            metrics["f1_macro"],
+            metrics["log_loss"],
+            info.model_uri,
+        )
         _log_metrics(metrics)
         _log_outputs(result, metrics, profile)
         version = None
@@ -338,8 +372,15 @@ def _log_epoch(step: int, values: dict[str, float]) -> None:
     mlflow.log_metrics(values, step=step)
 
 
-def _log_inputs(cfg: Config, ds: Dataset, split: Any, report: dict[str, Any], env: dict[str, Any],
-                code: dict[str, provenance.GitInfo], lock: str) -> None:  # fmt: skip
+def _log_inputs(
+    cfg: Config,
+    ds: Dataset,
+    split: Any,
+    report: dict[str, Any],
+    env: dict[str, Any],
+    code: dict[str, provenance.GitInfo],
+    lock: str,
+) -> None:
     """Everything known before fitting: logged first, so a failed run still shows it."""
     import mlflow
     from mlflow.data.numpy_dataset import from_numpy
@@ -373,10 +414,14 @@ def _log_inputs(cfg: Config, ds: Dataset, split: Any, report: dict[str, Any], en
     mlflow.log_dict(env, "environment/environment.json")
     mlflow.log_dict(report, "data/validation.json")
     mlflow.log_dict(
-        {"strategy": split.strategy, "n_train": len(split.train), "n_test": len(split.test),
-         "fingerprint": split.fingerprint},
+        {
+            "strategy": split.strategy,
+            "n_train": len(split.train),
+            "n_test": len(split.test),
+            "fingerprint": split.fingerprint,
+        },
         "data/split.json",
-    )  # fmt: skip
+    )
     for role, info in code.items():
         if info.dirty:
             mlflow.log_text(info.diff, f"code/{role}.diff")

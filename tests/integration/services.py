@@ -20,8 +20,11 @@ from mnistops import processes
 
 # Debian 12's PostgreSQL 15 (CI); another Debian or Ubuntu release's version where that is absent.
 _VERSIONS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: p.parent.name.zfill(4))
-PG_BIN = Path("/usr/lib/postgresql/15/bin") if Path("/usr/lib/postgresql/15/bin").is_dir() else (
-    _VERSIONS[-1] if _VERSIONS else Path("/nonexistent"))  # fmt: skip
+PG_BIN = (
+    Path("/usr/lib/postgresql/15/bin")
+    if Path("/usr/lib/postgresql/15/bin").is_dir()
+    else (_VERSIONS[-1] if _VERSIONS else Path("/nonexistent"))
+)
 
 
 def free_port() -> int:
@@ -48,15 +51,42 @@ def postgres(database: str = "mlflow") -> Iterator[str]:
         data, port = folder / "data", free_port()
         if root:
             shutil.chown(folder, "postgres")
-        subprocess.run([*prefix, _bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-                       check=True, capture_output=True, timeout=120)  # fmt: skip
+        subprocess.run(
+            [*prefix, _bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         options = f"-c listen_addresses=127.0.0.1 -p {port} -k {data} -c fsync=off"
-        subprocess.run([*prefix, _bin("pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w",
-                        "start"], check=True, capture_output=True, timeout=120)  # fmt: skip
+        subprocess.run(
+            [*prefix, _bin("pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         try:
-            subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-q", "-c",
-                            f"create database {database}"], check=True, capture_output=True, timeout=60)  # fmt: skip
+            subprocess.run(
+                [
+                    "psql",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "-U",
+                    "postgres",
+                    "-q",
+                    "-c",
+                    f"create database {database}",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
             yield f"postgresql://postgres@127.0.0.1:{port}/{database}"
         finally:
-            subprocess.run([*prefix, _bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                           check=False, capture_output=True, timeout=120)  # fmt: skip
+            subprocess.run(
+                [*prefix, _bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                check=False,
+                capture_output=True,
+                timeout=120,
+            )

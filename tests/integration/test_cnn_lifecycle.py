@@ -65,8 +65,18 @@ def test_cnn_run_reproduces_identically(store: Path, mnist: Dataset) -> None:
     rows = np.arange(0, 70_000, 20)
     path = store / "digits.npz"
     np.savez(path, **Dataset("d", mnist.images[rows], mnist.labels[rows], mnist.is_train[rows]).official_arrays())
-    original = train("--set", "model.name=cnn", "--set", f"data.dataset={path}", "--set", "model.params.epochs=2",
-                     "--set", "model.params.channels=[8,16]", "--set", "model.params.threads=2")  # fmt: skip
+    original = train(
+        "--set",
+        "model.name=cnn",
+        "--set",
+        f"data.dataset={path}",
+        "--set",
+        "model.params.epochs=2",
+        "--set",
+        "model.params.channels=[8,16]",
+        "--set",
+        "model.params.threads=2",
+    )
     proc = run_cli("reproduce", original["run_id"], "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)

@@ -24,8 +24,11 @@ from support import one_line_error, read_store, run_cli
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--set", "model.params.n_estimators=4", "--set", "model.params.max_depth=6"]
 # Root may write anywhere; without CAP_DAC_OVERRIDE it obeys file modes like anyone else.
-NO_OVERRIDE = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps",
-               "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []  # fmt: skip
+NO_OVERRIDE = (
+    ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps", "-dac_override,-dac_read_search"]
+    if os.geteuid() == 0
+    else []
+)
 
 RUNS = """
 import json
@@ -40,11 +43,19 @@ def runs(folder: Path) -> list[dict[str, Any]]:
     return read_store(f"sqlite:///{folder / 'mlflow.db'}", RUNS)  # type: ignore[return-value]
 
 
-def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, wrap: list[str] | None = None,
-        timeout: float = 600) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, wrap: list[str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, **(env or {})}  # the autouse fixture has unset MLFLOW_TRACKING_URI: cwd's store
-    return subprocess.run([*(wrap or []), sys.executable, "-m", "mnistops", *args], cwd=cwd, env=full,
-                          capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
+    return subprocess.run(
+        [*(wrap or []), sys.executable, "-m", "mnistops", *args],
+        cwd=cwd,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _closed_port() -> int:
@@ -101,8 +112,10 @@ def test_export_to_a_missing_folder_creates_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "missing").exists()
 
 
-@pytest.mark.parametrize("command", [["runs", "list"], ["promote", "--latest"], ["rollback"],
-                                     ["runs", "compare", "abc", "def"], ["reproduce", "abc"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "command",
+    [["runs", "list"], ["promote", "--latest"], ["rollback"], ["runs", "compare", "abc", "def"], ["reproduce", "abc"]],
+)
 def test_commands_that_read_never_create_a_store(tmp_path: Path, command: list[str]) -> None:
     line = one_line_error(cli(*command, cwd=tmp_path))
     assert line.startswith(f"error: no tracking store at {tmp_path / 'mlflow.db'} (looked in {tmp_path})")
@@ -110,9 +123,17 @@ def test_commands_that_read_never_create_a_store(tmp_path: Path, command: list[s
 
 
 def test_four_trainings_at_once_on_a_new_folder_all_succeed(tmp_path: Path) -> None:
-    procs = [subprocess.Popen([sys.executable, "-m", "mnistops", "train", "--json", *SMALL, "--set", f"seed={i}"],
-                              cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mnistops", "train", "--json", *SMALL, "--set", f"seed={i}"],
+            cwd=tmp_path,
+            env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], [err[-2000:] for _, err in outs]
     versions = sorted(int(json.loads(out)["model_version"]) for out, _ in outs)
@@ -236,14 +257,17 @@ def test_run_ids_may_be_any_unique_prefix_and_an_ambiguous_one_lists_the_matches
     gate = cli("promote", a["run_id"][:10], "--json", cwd=tmp_path)
     assert gate.returncode == 1 and json.loads(gate.stdout)["candidate_run"] == a["run_id"]  # 4 trees: below the floor
     # Runs with a common first character, made cheaply in the same store, make a prefix ambiguous.
-    made = read_store(f"sqlite:///{tmp_path / 'mlflow.db'}", """
+    made = read_store(
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        """
 import json
 from mlflow.tracking import MlflowClient
 c = MlflowClient()
 exp = c.get_experiment_by_name("mnistops").experiment_id
 ids = [c.create_run(exp, run_name=f"r{i}").info.run_id for i in range(18)]
 print(json.dumps(ids))
-""")  # fmt: skip
+""",
+    )
     assert isinstance(made, list)
     first = next(ch for ch in "0123456789abcdef" if sum(r.startswith(ch) for r in made) >= 2)
     line = one_line_error(cli("runs", "compare", first, a["run_id"], cwd=tmp_path))
@@ -277,14 +301,17 @@ def test_every_store_command_takes_the_configs_store(tmp_path: Path) -> None:
 
 
 def _champion(folder: Path) -> str | None:
-    return read_store(f"sqlite:///{folder / 'mlflow.db'}", """
+    return read_store(
+        f"sqlite:///{folder / 'mlflow.db'}",
+        """
 import json
 from mlflow.tracking import MlflowClient
 try:
     print(json.dumps(str(MlflowClient().get_model_version_by_alias("mnist-classifier", "champion").version)))
 except Exception:
     print(json.dumps(None))
-""")  # type: ignore[return-value]  # fmt: skip
+""",
+    )  # type: ignore[return-value]
 
 
 def test_rollback_walks_back_and_a_rolled_back_version_needs_force(tmp_path: Path) -> None:
@@ -341,18 +368,29 @@ def test_version_help_and_both_splits(tmp_path: Path) -> None:
 
 def test_the_run_log_tells_the_whole_run(tmp_path: Path) -> None:
     out = _trained(tmp_path)
-    text = read_store(f"sqlite:///{tmp_path / 'mlflow.db'}", f"""
+    text = read_store(
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        f"""
 import json, mlflow
 path = mlflow.artifacts.download_artifacts(run_id={out["run_id"]!r}, artifact_path="run.log",
                                           dst_path={str(tmp_path)!r})
 print(json.dumps(open(path).read()))
-""")  # fmt: skip
+""",
+    )
     assert isinstance(text, str)
     lines = text.splitlines()
     assert "train: random_forest on mnist" in lines[0] and lines[0].endswith("store sqlite:///mlflow.db")
-    for expected in ("stage load started", "data mnist: 70000 images from", "stage validate took", "split stratified",
-                     "stage fit took", "stage evaluate took", "stage log_model took", "registered mnist-classifier",
-                     f"run {out['run_id']} ends FINISHED"):  # fmt: skip
+    for expected in (
+        "stage load started",
+        "data mnist: 70000 images from",
+        "stage validate took",
+        "split stratified",
+        "stage fit took",
+        "stage evaluate took",
+        "stage log_model took",
+        "registered mnist-classifier",
+        f"run {out['run_id']} ends FINISHED",
+    ):
         assert any(expected in ln for ln in lines), expected
 
 
@@ -381,8 +419,9 @@ print(json.dumps(out))
 def test_the_model_takes_what_people_pass_through_stock_mlflow(tmp_path: Path, mnist: Dataset) -> None:
     out = _trained(tmp_path)
     np.save(tmp_path / "x.npy", mnist.images[:40])
-    got = read_store(f"sqlite:///{tmp_path / 'mlflow.db'}", PREDICT.format(uri=out["model_uri"],
-                                                                            x=str(tmp_path / "x.npy")))  # fmt: skip
+    got = read_store(
+        f"sqlite:///{tmp_path / 'mlflow.db'}", PREDICT.format(uri=out["model_uri"], x=str(tmp_path / "x.npy"))
+    )
     assert isinstance(got, dict)
     assert got["uint8_3d"] == got["float64_flat"] == got["int64_flat"]
     assert np.mean(np.array(got["uint8_3d"]) == mnist.labels[:40]) > 0.5

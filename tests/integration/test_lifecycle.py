@@ -270,8 +270,9 @@ def test_workflow_runs_only_commands_that_exist() -> None:
     assert ["data", "fetch"] in commands and ["runs", "list", "--limit", "10"] in commands
     for words in commands:
         path_words = [w for w in words if not w.startswith("-") and not w.isdigit()]
-        help_out = subprocess.run([sys.executable, "-m", "mnistops", *path_words, "--help"], capture_output=True,
-                                  text=True, check=False)  # fmt: skip
+        help_out = subprocess.run(
+            [sys.executable, "-m", "mnistops", *path_words, "--help"], capture_output=True, text=True, check=False
+        )
         assert help_out.returncode == 0, words
         for option in (w for w in words if w.startswith("--")):
             assert option in help_out.stdout, (words, option)

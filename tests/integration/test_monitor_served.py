@@ -26,12 +26,23 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 class Work:
     def __init__(self, path: Path, session_cache: Path) -> None:
         self.path = path
-        self.env = {"MLFLOW_TRACKING_URI": f"sqlite:///{path / 'mlflow.db'}", "MNISTOPS_CACHE_DIR": str(session_cache),
-                    "MNISTOPS_MIRRORS": CLOSED_MIRROR, "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
+        self.env = {
+            "MLFLOW_TRACKING_URI": f"sqlite:///{path / 'mlflow.db'}",
+            "MNISTOPS_CACHE_DIR": str(session_cache),
+            "MNISTOPS_MIRRORS": CLOSED_MIRROR,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+        }
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "mnistops", *args], cwd=self.path, capture_output=True, text=True,
-                              timeout=600, env={**os.environ, **self.env}, check=False)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "mnistops", *args],
+            cwd=self.path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, **self.env},
+            check=False,
+        )
 
 
 def gauge(server: launch.Server) -> float:
@@ -54,12 +65,14 @@ def send(server: launch.Server, images: np.ndarray) -> None:
 
 def test_clean_then_rotated_traffic_is_ok_then_drift(tmp_path: Path, session_cache: Path) -> None:
     work = Work(tmp_path, session_cache)
-    trained = work.cli("train", "--promote", "--json", "--set", "model.params.n_estimators=30",
-                       "--set", "model.params.max_depth=16")  # fmt: skip
+    trained = work.cli(
+        "train", "--promote", "--json", "--set", "model.params.n_estimators=30", "--set", "model.params.max_depth=16"
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     for kind, seed in (("none", 0), ("rotate", 1)):
-        made = work.cli("monitor", "simulate", "--shift", kind, "--n", "500", "--seed", str(seed), "--out",
-                        f"{kind}.npz")  # fmt: skip
+        made = work.cli(
+            "monitor", "simulate", "--shift", kind, "--n", "500", "--seed", str(seed), "--out", f"{kind}.npz"
+        )
         assert made.returncode == 0, made.stderr
     clean = np.load(tmp_path / "none.npz")["images"]
     rotated = np.load(tmp_path / "rotate.npz")["images"]
@@ -101,10 +114,24 @@ def test_clean_then_rotated_traffic_is_ok_then_drift(tmp_path: Path, session_cac
 
     # The scheduled job: the monitoring notebook over the rotated window fails its batch on drift.
     root = Path(__file__).resolve().parents[2]
-    command = [sys.executable, str(root / "run_notebooks.py"), "--only", "06_monitor", "-p", "since", window,
-               "-p", "fail_on_drift", "True", "--out", str(tmp_path / "outputs"), "--json"]  # fmt: skip
-    job = subprocess.run(command, cwd=tmp_path, env={**os.environ, **work.env}, capture_output=True, text=True,
-                         timeout=600, check=False)  # fmt: skip
+    command = [
+        sys.executable,
+        str(root / "run_notebooks.py"),
+        "--only",
+        "06_monitor",
+        "-p",
+        "since",
+        window,
+        "-p",
+        "fail_on_drift",
+        "True",
+        "--out",
+        str(tmp_path / "outputs"),
+        "--json",
+    ]
+    job = subprocess.run(
+        command, cwd=tmp_path, env={**os.environ, **work.env}, capture_output=True, text=True, timeout=600, check=False
+    )
     assert job.returncode != 0, job.stderr[-3000:]
     assert "drift in models:/mnist-classifier@champion version 1" in one_line_error(job)
     runs = read_monitoring_runs(work)
@@ -140,8 +167,10 @@ def open_offline(page: Path, screenshot: Path) -> dict[str, Any]:
     requests: list[str] = []
     errors: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu",
-                                    "--disable-background-networking", "--no-first-run"])  # fmt: skip
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
+        )
         try:
             tab = browser.new_page()
             tab.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:")) else None)

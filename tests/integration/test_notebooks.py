@@ -55,9 +55,15 @@ def env_for(work: Path, session_cache: Path) -> dict[str, str]:
 
 
 def run_batch(work: Path, session_cache: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(ROOT / "run_notebooks.py"), "--out", str(work / "outputs"), *args],
-                          cwd=work, env=env_for(work, session_cache), capture_output=True, text=True, timeout=timeout,
-                          check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run_notebooks.py"), "--out", str(work / "outputs"), *args],
+        cwd=work,
+        env=env_for(work, session_cache),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def runs_in(work: Path) -> list[dict[str, Any]]:
@@ -83,8 +89,11 @@ def test_the_batch_runs_every_notebook_and_keeps_each_executed_copy(seed_batch: 
     work, result = seed_batch
     assert result["status"] == "FINISHED"
     assert [(nb["name"], nb["status"]) for nb in result["notebooks"]] == [
-        ("01_explore", "completed"), ("02_validate", "completed"), ("03_train", "completed"),
-        ("04_evaluate", "completed")]  # fmt: skip
+        ("01_explore", "completed"),
+        ("02_validate", "completed"),
+        ("03_train", "completed"),
+        ("04_evaluate", "completed"),
+    ]
     out = Path(result["out_dir"])
     assert out.parent == work / "outputs" and re.fullmatch(rf"\d{{8}}T\d{{6}}Z-{result['run_id']}", out.name)
     for nb in result["notebooks"]:
@@ -121,8 +130,7 @@ def test_the_batch_run_holds_the_record_and_the_training_run_is_its_child(
     for name in ("01_explore", "02_validate", "03_train", "04_evaluate"):
         assert f"notebooks/{name}.ipynb" in batch["artifacts"] and f"notebooks/{name}.html" in batch["artifacts"]
         assert batch["metrics"][f"time_{name}_s"] > 0
-    assert {"config.yaml", "parameters.json", "environment/requirements.lock.txt", "run.log"} <= set(
-        batch["artifacts"])  # fmt: skip
+    assert {"config.yaml", "parameters.json", "environment/requirements.lock.txt", "run.log"} <= set(batch["artifacts"])
     assert len(runs) == 2  # the batch and its training run: nothing else was opened
 
 
@@ -151,9 +159,24 @@ def test_the_notebook_trains_exactly_what_mnistops_train_trains(
     seed_batch: tuple[Path, dict[str, Any]], session_cache: Path
 ) -> None:
     work, result = seed_batch
-    proc = subprocess.run([sys.executable, "-m", "mnistops", "train", "--config", str(ROOT / "configs" / "seed.yaml"),
-                           "--force", "--json"], cwd=work, env=env_for(work, session_cache), capture_output=True,
-                          text=True, timeout=900, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mnistops",
+            "train",
+            "--config",
+            str(ROOT / "configs" / "seed.yaml"),
+            "--force",
+            "--json",
+        ],
+        cwd=work,
+        env=env_for(work, session_cache),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     cli = json.loads(proc.stdout)
     runs = {r["id"]: r for r in runs_in(work)}
@@ -177,9 +200,18 @@ def test_the_html_copy_renders_offline_in_chromium(seed_batch: tuple[Path, dict[
     page_path = Path(result["out_dir"]) / "03_train.html"
     requests: list[str] = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9"])  # fmt: skip
+        browser = pw.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--host-resolver-rules=MAP * ~NOTFOUND",
+                "--proxy-server=127.0.0.1:9",
+            ],
+        )
         try:
             context = browser.new_context(offline=True)
             page = context.new_page()
@@ -200,20 +232,24 @@ def test_the_html_copy_renders_offline_in_chromium(seed_batch: tuple[Path, dict[
 
 
 def test_p_injects_a_value_that_the_run_and_the_fitted_forest_carry(tmp_path: Path, session_cache: Path) -> None:
-    proc = run_batch(tmp_path, session_cache, "--only", "03_train", "-p", "n_estimators", "7", "-p", "max_depth", "6",
-                     "--json")  # fmt: skip
+    proc = run_batch(
+        tmp_path, session_cache, "--only", "03_train", "-p", "n_estimators", "7", "-p", "max_depth", "6", "--json"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     (train,) = [r for r in runs_in(tmp_path) if r["id"] == result["training_run_id"]]
     assert train["params"]["model.params.n_estimators"] == "7" and train["params"]["model.params.max_depth"] == "6"
-    trees = read_store(f"sqlite:///{tmp_path / 'mlflow.db'}", f"""
+    trees = read_store(
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        f"""
 import json, mlflow
 from mlflow.tracking import MlflowClient
-run = MlflowClient().get_run({result['training_run_id']!r})
+run = MlflowClient().get_run({result["training_run_id"]!r})
 model = mlflow.pyfunc.load_model(f"models:/{{run.outputs.model_outputs[-1].model_id}}").unwrap_python_model().model
 forest = model.steps[-1][1] if hasattr(model, "steps") else model
 print(json.dumps([len(forest.estimators_), forest.n_estimators, max(t.get_depth() for t in forest.estimators_)]))
-""")  # fmt: skip
+""",
+    )
     assert trees == [7, 7, 6]
 
 
@@ -243,7 +279,10 @@ def test_a_bad_dataset_stops_the_batch_before_training(tmp_path: Path, session_c
     assert proc.returncode == 1
     result = json.loads(proc.stdout)
     assert [(n["name"], n["status"]) for n in result["notebooks"]] == [
-        ("02_validate", "failed"), ("03_train", "not run"), ("04_evaluate", "not run")]  # fmt: skip
+        ("02_validate", "failed"),
+        ("03_train", "not run"),
+        ("04_evaluate", "not run"),
+    ]
     assert result["notebooks"][0]["cell"] == 4 and result["training_run_id"] is None
     assert error_lines(proc.stderr)[0].startswith("error: notebook 02_validate failed at cell In [4]: DataError")
     assert [r["status"] for r in runs_in(again)] == ["FAILED"]
@@ -281,12 +320,31 @@ def _a_child_run_is_running(work: Path) -> bool:
         return False
 
 
-def test_sigterm_during_training_ends_every_run_killed_and_leaves_no_kernel(tmp_path: Path, session_cache: Path
-                                                                            ) -> None:  # fmt: skip
-    cmd = [sys.executable, str(ROOT / "run_notebooks.py"), "--out", str(tmp_path / "outputs"), "--only", "03_train",
-           "-p", "n_estimators", "3000", "-p", "max_depth", "0"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env_for(tmp_path, session_cache), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+def test_sigterm_during_training_ends_every_run_killed_and_leaves_no_kernel(
+    tmp_path: Path, session_cache: Path
+) -> None:
+    cmd = [
+        sys.executable,
+        str(ROOT / "run_notebooks.py"),
+        "--out",
+        str(tmp_path / "outputs"),
+        "--only",
+        "03_train",
+        "-p",
+        "n_estimators",
+        "3000",
+        "-p",
+        "max_depth",
+        "0",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=env_for(tmp_path, session_cache),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None and not _a_child_run_is_running(tmp_path):
@@ -301,29 +359,37 @@ def test_sigterm_during_training_ends_every_run_killed_and_leaves_no_kernel(tmp_
     assert "Traceback" not in err and "terminated" in err
     for kernel in kernels:
         assert not kernel.is_running() or kernel.status() == psutil.STATUS_ZOMBIE, f"kernel {kernel.pid} is left"
-    statuses = {("batch" if r["tags"]["mnistops.run_type"] == "notebook_batch" else "train"): r["status"]
-                for r in runs_in(tmp_path)}  # fmt: skip
+    statuses = {
+        ("batch" if r["tags"]["mnistops.run_type"] == "notebook_batch" else "train"): r["status"]
+        for r in runs_in(tmp_path)
+    }
     assert statuses == {"batch": "KILLED", "train": "KILLED"}
     (out,) = (tmp_path / "outputs").iterdir()
     partial = nbformat.read(out / "03_train.ipynb", as_version=4)
-    assert any(o.get("ename") == "KeyboardInterrupt" for c in partial.cells if c.cell_type == "code"
-               for o in c.outputs)  # fmt: skip
+    assert any(o.get("ename") == "KeyboardInterrupt" for c in partial.cells if c.cell_type == "code" for o in c.outputs)
 
 
 def _tiny_suite(folder: Path, code: str) -> Path:
     folder.mkdir()
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell("n: int = 1", metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell(code), nbformat.v4.new_code_cell("print('after')")]  # fmt: skip
+    nb.cells = [
+        nbformat.v4.new_code_cell("n: int = 1", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(code),
+        nbformat.v4.new_code_cell("print('after')"),
+    ]
     nbformat.write(nb, folder / "01_tiny.ipynb")
     return folder
 
 
-@pytest.mark.parametrize(("code", "expected"), [
-    ("import time\ntime.sleep(120)", "error: notebook 01_tiny: a cell ran past the time limit"),
-    ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", "error: notebook 01_tiny: the kernel died"),
-], ids=["timeout", "dead-kernel"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("import time\ntime.sleep(120)", "error: notebook 01_tiny: a cell ran past the time limit"),
+        ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", "error: notebook 01_tiny: the kernel died"),
+    ],
+    ids=["timeout", "dead-kernel"],
+)
 def test_a_timeout_or_a_dead_kernel_is_one_line_a_failed_run_and_no_kernel(
     tmp_path: Path, session_cache: Path, code: str, expected: str
 ) -> None:
@@ -344,8 +410,12 @@ def test_a_timeout_or_a_dead_kernel_is_one_line_a_failed_run_and_no_kernel(
 def test_stock_papermill_runs_each_notebook_with_one_injected_parameter(tmp_path: Path, session_cache: Path) -> None:
     env = env_for(tmp_path, session_cache)
     papermill = [str(PYTHON_BIN / "papermill"), "--no-progress-bar", "-k", "python3"]
-    for name, param, value in (("01_explore", "samples_per_class", "3"), ("02_validate", "test_size", "0.25"),
-                               ("03_train", "n_estimators", "30"), ("04_evaluate", "promote", "True")):  # fmt: skip
+    for name, param, value in (
+        ("01_explore", "samples_per_class", "3"),
+        ("02_validate", "test_size", "0.25"),
+        ("03_train", "n_estimators", "30"),
+        ("04_evaluate", "promote", "True"),
+    ):
         out = tmp_path / f"{name}.out.ipynb"
         cmd = [*papermill, str(NOTEBOOKS / f"{name}.ipynb"), str(out), "-p", param, value]
         proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
@@ -353,17 +423,24 @@ def test_stock_papermill_runs_each_notebook_with_one_injected_parameter(tmp_path
         executed = nbformat.read(out, as_version=4)
         (injected,) = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert f"{param} = {value}" in injected.source
-    text = {p.stem: "".join(o.get("text", "") for c in nbformat.read(p, as_version=4).cells if c.cell_type == "code"
-                            for o in c.outputs) for p in tmp_path.glob("*.out.ipynb")}  # fmt: skip
+    text = {
+        p.stem: "".join(
+            o.get("text", "") for c in nbformat.read(p, as_version=4).cells if c.cell_type == "code" for o in c.outputs
+        )
+        for p in tmp_path.glob("*.out.ipynb")
+    }
     assert "stratified split: train 52,500 images, test 17,500 images" in text["02_validate.out"]
     (train,) = [r for r in runs_in(tmp_path)]
     assert train["params"]["model.params.n_estimators"] == "30" and train["status"] == "FINISHED"
     assert "PROMOTED: passes every check" in text["04_evaluate.out"]
-    champion = read_store(f"sqlite:///{tmp_path / 'mlflow.db'}", """
+    champion = read_store(
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        """
 import json
 from mlflow.tracking import MlflowClient
 print(json.dumps(MlflowClient().get_model_version_by_alias("mnist-classifier", "champion").run_id))
-""")  # fmt: skip
+""",
+    )
     assert champion == train["id"]
     assert not (NOTEBOOKS / "mlruns").exists() and not (tmp_path / "notebooks").exists()
 
@@ -378,9 +455,15 @@ def test_nbval_fails_when_a_checked_output_is_altered(tmp_path: Path, session_ca
     assert checked.outputs[0]["text"] == "accuracy 0.9669\nmacro F1 0.9666\n"
     checked.outputs[0]["text"] = "accuracy 0.9670\nmacro F1 0.9666\n"
     nbformat.write(nb, suite / "03_train.ipynb")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
-                           str(suite / "03_train.ipynb")], cwd=tmp_path, env=env_for(tmp_path, session_cache),
-                          capture_output=True, text=True, timeout=900, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q", str(suite / "03_train.ipynb")],
+        cwd=tmp_path,
+        env=env_for(tmp_path, session_cache),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert proc.returncode == 1, proc.stdout[-3000:]
     assert "1 failed" in proc.stdout and "accuracy 0.9670" in proc.stdout and "accuracy 0.9669" in proc.stdout
     assert not (tmp_path / "mlflow.db").exists() and not (suite / "mlruns").exists()  # nbval used its own store
@@ -404,8 +487,14 @@ def test_make_lab_serves_the_notebooks_and_the_project_kernel_on_loopback(tmp_pa
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
     }
     lab_args = f"--IdentityProvider.token={token}" + (" --allow-root" if os.geteuid() == 0 else "")
-    server = subprocess.Popen(["make", "-s", "lab", f"LAB_PORT={port}", f"LAB_ARGS={lab_args}"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    server = subprocess.Popen(
+        ["make", "-s", "lab", f"LAB_PORT={port}", f"LAB_ARGS={lab_args}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         specs: dict[str, Any] = {}
         deadline = time.monotonic() + 120
@@ -419,12 +508,19 @@ def test_make_lab_serves_the_notebooks_and_the_project_kernel_on_loopback(tmp_pa
         lab = [p for p in psutil.Process(server.pid).children(recursive=True) if "jupyter" in " ".join(p.cmdline())]
         listening = {c.laddr.ip for p in lab for c in p.net_connections() if c.status == "LISTEN"}
         assert listening == {"127.0.0.1"}
-        start = urllib.request.Request(f"http://127.0.0.1:{port}/api/kernels", data=b'{"name": "python3"}',
-                                       headers={"Authorization": f"token {token}"}, method="POST")  # fmt: skip
+        start = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/kernels",
+            data=b'{"name": "python3"}',
+            headers={"Authorization": f"token {token}"},
+            method="POST",
+        )
         with urllib.request.urlopen(start, timeout=60) as r:
             assert json.load(r)["name"] == "python3"
-        kernels = [p for p in psutil.Process(server.pid).children(recursive=True)
-                   if "ipykernel_launcher" in " ".join(p.cmdline())]  # fmt: skip
+        kernels = [
+            p
+            for p in psutil.Process(server.pid).children(recursive=True)
+            if "ipykernel_launcher" in " ".join(p.cmdline())
+        ]
         assert [Path(k.cmdline()[0]).parent for k in kernels] == [PYTHON_BIN]  # the project's venv
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents?token={token}", timeout=5) as r:
             names = sorted(item["name"] for item in json.load(r)["content"])
@@ -436,8 +532,9 @@ def test_make_lab_serves_the_notebooks_and_the_project_kernel_on_loopback(tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("seed_batch")
-def test_the_serving_notebook_runs_only_when_asked_and_stops_its_server(seed_batch: tuple[Path, dict[str, Any]],
-                                                                      session_cache: Path) -> None:  # fmt: skip
+def test_the_serving_notebook_runs_only_when_asked_and_stops_its_server(
+    seed_batch: tuple[Path, dict[str, Any]], session_cache: Path
+) -> None:
     """``--only 05`` after the batch: the model the batch trained, served on loopback, answers as it
     does offline; the server is gone when the notebook ends. Last in this file: it adds a batch
     run to the store the other tests read."""

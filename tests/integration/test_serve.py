@@ -36,8 +36,15 @@ class Store:
         self.uri = env["MLFLOW_TRACKING_URI"]
 
     def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "mnistops", *args], cwd=self.work, capture_output=True,
-                              text=True, timeout=timeout, env={**os.environ, **self.env}, check=False)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "mnistops", *args],
+            cwd=self.work,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **self.env},
+            check=False,
+        )
 
     def start(self, *args: str, **kwargs: Any) -> launch.Server:
         return launch.start(list(args), env=self.env, cwd=self.work, **kwargs)
@@ -46,12 +53,15 @@ class Store:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> Store:
     work = tmp_path_factory.mktemp("serve")
-    store = Store(work, {
-        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-        "MNISTOPS_CACHE_DIR": str(session_cache),
-        "MNISTOPS_MIRRORS": CLOSED_MIRROR,
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    })  # fmt: skip
+    store = Store(
+        work,
+        {
+            "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+            "MNISTOPS_CACHE_DIR": str(session_cache),
+            "MNISTOPS_MIRRORS": CLOSED_MIRROR,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+        },
+    )
     for args in ([*GOOD, "--promote"], BETTER):
         proc = store.cli("train", "--json", *args)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -131,8 +141,9 @@ def test_answers_agree_with_the_model_offline_and_are_counted_and_logged(trained
     assert metric(after, "mnistops_requests_total", endpoint="/predict", status="200") == 2
     assert metric(after, "mnistops_request_seconds_count", endpoint="/predict") == 2
     assert metric(after, "mnistops_prediction_confidence_count") == 200
-    assert metric(after, "mnistops_model_info", name="mnist-classifier", version="1",
-                  run_id=ints["model"]["run_id"]) == 1  # fmt: skip
+    assert (
+        metric(after, "mnistops_model_info", name="mnist-classifier", version="1", run_id=ints["model"]["run_id"]) == 1
+    )
 
     # After SIGTERM every prediction is in the log, in order, with the image as it was sent.
     with sqlite3.connect(trained.work / "agree.db") as db:
@@ -174,8 +185,14 @@ def test_health_ready_model_page_and_image_upload(server: launch.Server, trained
     assert np.corrcoef(seen.ravel().astype(float), image.ravel().astype(float))[0, 1] > 0.8
     # The same image as a multipart upload and as a JPEG gives the same class.
     boundary = "mnistopsboundary"
-    form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"d.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + png(big) + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+    form = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="d.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + png(big)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     multipart = server.post("/predict/image", form, f"multipart/form-data; boundary={boundary}")
     assert multipart["predictions"][0]["label"] == answer["predictions"][0]["label"]
     out = io.BytesIO()
@@ -236,8 +253,9 @@ BAD_UPLOADS = [
 
 @pytest.mark.parametrize(("body", "status", "detail"), BAD_JSON, ids=[d for _, _, d in BAD_JSON])
 @pytest.mark.xdist_group("serve")
-def test_bad_json_gets_a_4xx_that_says_what_was_wrong(server: launch.Server, body: bytes, status: int,
-                                                      detail: str) -> None:  # fmt: skip
+def test_bad_json_gets_a_4xx_that_says_what_was_wrong(
+    server: launch.Server, body: bytes, status: int, detail: str
+) -> None:
     answer = server.post("/predict", body)
     assert answer["status"] == status, answer
     assert detail in answer["detail"], answer
@@ -245,8 +263,9 @@ def test_bad_json_gets_a_4xx_that_says_what_was_wrong(server: launch.Server, bod
 
 @pytest.mark.parametrize(("body", "kind", "status", "detail"), BAD_UPLOADS, ids=[d for *_, d in BAD_UPLOADS])
 @pytest.mark.xdist_group("serve")
-def test_bad_uploads_get_a_4xx_that_says_what_was_wrong(server: launch.Server, body: bytes | str, kind: str,
-                                                        status: int, detail: str) -> None:  # fmt: skip
+def test_bad_uploads_get_a_4xx_that_says_what_was_wrong(
+    server: launch.Server, body: bytes | str, kind: str, status: int, detail: str
+) -> None:
     made = {
         "gif": _gif,
         "bomb": lambda: _bomb(5000),
@@ -263,8 +282,7 @@ def test_bad_uploads_get_a_4xx_that_says_what_was_wrong(server: launch.Server, b
 
 
 @pytest.mark.xdist_group("serve")
-def test_refusals_are_counted_as_errors_and_the_server_keeps_answering(server: launch.Server,
-                                                                       mnist: Dataset) -> None:  # fmt: skip
+def test_refusals_are_counted_as_errors_and_the_server_keeps_answering(server: launch.Server, mnist: Dataset) -> None:
     before = server.get("/metrics")
     assert server.post("/predict", b'{"images": []}')["status"] == 422
     assert server.post("/predict/image", b"nope", "image/png")["status"] == 415
@@ -417,8 +435,12 @@ def test_serve_refuses_what_would_fail_later_with_one_line(trained: Store) -> No
 def test_a_store_without_a_champion_serves_once_one_is_promoted(tmp_path: Path, session_cache: Path) -> None:
     """No @champion yet: the server starts, /ready is 503 with a detail, and the first promotion
     is picked up by the next poll."""
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "MNISTOPS_CACHE_DIR": str(session_cache),
-           "MNISTOPS_MIRRORS": CLOSED_MIRROR, "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
+    env = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MNISTOPS_CACHE_DIR": str(session_cache),
+        "MNISTOPS_MIRRORS": CLOSED_MIRROR,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     store = Store(tmp_path, env)
     trained = store.cli("train", "--set", "model.params.n_estimators=10", "--set", "model.params.max_depth=10")
     assert trained.returncode == 0, trained.stderr[-2000:]

@@ -21,8 +21,14 @@ from mnistops.serve import launch
 from support import CLOSED_MIRROR
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run"]  # fmt: skip
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 SCALE = 10  # canvas pixels per MNIST pixel (a 280x280 pad)
 
 pytestmark = [
@@ -34,12 +40,26 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> Iterator[launch.Server]:
     work = tmp_path_factory.mktemp("page")
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "MNISTOPS_CACHE_DIR": str(session_cache),
-           "MNISTOPS_MIRRORS": CLOSED_MIRROR, "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
-    train = [sys.executable, "-m", "mnistops", "train", "--promote",
-             "--set", "model.params.n_estimators=40", "--set", "model.params.max_depth=18"]  # fmt: skip
-    proc = subprocess.run(train, cwd=work, env={**os.environ, **env}, capture_output=True, text=True, timeout=600,
-                          check=False)  # fmt: skip
+    env = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+        "MNISTOPS_CACHE_DIR": str(session_cache),
+        "MNISTOPS_MIRRORS": CLOSED_MIRROR,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    train = [
+        sys.executable,
+        "-m",
+        "mnistops",
+        "train",
+        "--promote",
+        "--set",
+        "model.params.n_estimators=40",
+        "--set",
+        "model.params.max_depth=18",
+    ]
+    proc = subprocess.run(
+        train, cwd=work, env={**os.environ, **env}, capture_output=True, text=True, timeout=600, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = launch.start(["--set", "serve.prediction_log=null"], env=env, cwd=work)
     launch.wait_ready(s)
@@ -91,8 +111,9 @@ def canvas_png(page: Any) -> bytes:
     return base64.b64decode(url.split(",", 1)[1])
 
 
-def test_drawing_a_real_digit_shows_what_the_api_says(server: launch.Server, browser: Any, mnist: Dataset,
-                                                      tmp_path: Path) -> None:  # fmt: skip
+def test_drawing_a_real_digit_shows_what_the_api_says(
+    server: launch.Server, browser: Any, mnist: Dataset, tmp_path: Path
+) -> None:
     index = int(np.flatnonzero(mnist.labels == 7)[-1])  # a real test-set 7, drawn stroke by stroke
     image = mnist.images[index]
     page = browser.new_page(viewport={"width": 900, "height": 700})

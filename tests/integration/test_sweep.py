@@ -35,14 +35,17 @@ def space(store: Path) -> Path:
 
 
 def _children(uri: str, parent: str) -> list[dict[str, str]]:
-    out = read_store(uri, f"""
+    out = read_store(
+        uri,
+        f"""
 import json
 from mlflow.tracking import MlflowClient
 c = MlflowClient()
 runs = c.search_runs([e.experiment_id for e in c.search_experiments()], "tags.`mlflow.parentRunId` = '{parent}'")
 print(json.dumps([{{"run_id": r.info.run_id, "status": r.info.status, "params": r.data.params, **r.data.tags}}
                   for r in runs]))
-""")  # fmt: skip
+""",
+    )
     assert isinstance(out, list)
     return out
 
@@ -67,8 +70,21 @@ def test_a_worker_killed_mid_trial_leaves_every_trial_complete_or_failed_once(
     store: Path, space: Path, digits10k: Path
 ) -> None:
     uri = f"sqlite:///{store / 'mlflow.db'}"
-    cmd = [sys.executable, "-m", "mnistops", "sweep", "--space", str(space), "--trials", "6", "--workers", "2",
-           "--set", f"data.dataset={digits10k}", "--json"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mnistops",
+        "sweep",
+        "--space",
+        str(space),
+        "--trials",
+        "6",
+        "--workers",
+        "2",
+        "--set",
+        f"data.dataset={digits10k}",
+        "--json",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=store)
     killed = None
     deadline = time.monotonic() + 240
@@ -110,8 +126,22 @@ def test_a_sweep_records_a_parent_with_its_space_and_best_so_far_and_promotes(
     store: Path, space: Path, digits10k: Path
 ) -> None:
     uri = f"sqlite:///{store / 'mlflow.db'}"
-    proc = run_cli("sweep", "--space", str(space), "--trials", "4", "--workers", "2", "--promote", "--json",
-                   "--set", f"data.dataset={digits10k}", "--set", "gate.floor=0.5", cwd=store)  # fmt: skip
+    proc = run_cli(
+        "sweep",
+        "--space",
+        str(space),
+        "--trials",
+        "4",
+        "--workers",
+        "2",
+        "--promote",
+        "--json",
+        "--set",
+        f"data.dataset={digits10k}",
+        "--set",
+        "gate.floor=0.5",
+        cwd=store,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["completed"] == 4, [t["error"] for t in result["trials"]]
@@ -119,7 +149,9 @@ def test_a_sweep_records_a_parent_with_its_space_and_best_so_far_and_promotes(
     values = [t["value"] for t in result["trials"]]
     assert result["best"]["value"] == max(values)
     assert result["promotion"]["promoted"] is True and result["model_version"] == "1"
-    record = read_store(uri, f"""
+    record = read_store(
+        uri,
+        f"""
 import json
 from mlflow.tracking import MlflowClient
 c = MlflowClient()
@@ -128,11 +160,17 @@ hist = [(m.step, m.value) for m in c.get_metric_history(run.info.run_id, "best_a
 champ = c.get_model_version_by_alias("mnist-classifier", "champion")
 print(json.dumps({{"params": run.data.params, "tags": run.data.tags, "hist": hist, "status": run.info.status,
                    "champion_run": champ.run_id}}))
-""")  # fmt: skip
+""",
+    )
     assert isinstance(record, dict)
     assert record["status"] == "FINISHED" and record["tags"]["mnistops.run_type"] == "sweep"
-    assert json.loads(record["params"]["sweep.space"])["n_estimators"] == {"type": "int", "low": 30, "high": 60,
-                                                                           "step": 10, "log": False}  # fmt: skip
+    assert json.loads(record["params"]["sweep.space"])["n_estimators"] == {
+        "type": "int",
+        "low": 30,
+        "high": 60,
+        "step": 10,
+        "log": False,
+    }
     assert record["params"]["sweep.sampler"] == "TPESampler" and record["params"]["sweep.seed"] == "42"
     best_so_far = [max(values[: i + 1]) for i in range(4)]
     assert [v for _, v in sorted(record["hist"])] == pytest.approx(best_so_far)
@@ -153,8 +191,21 @@ print(json.dumps({{"params": run.data.params, "tags": run.data.tags, "hist": his
     if len(cpus) >= 2 and len(pinned) == 2:
         assert not pinned[0] & pinned[1], pinned  # the two workers never share a core
     # The same seed proposes the same trials again, on one worker of one core this time.
-    again = run_cli("sweep", "--space", str(space), "--trials", "2", "--workers", "1", "--trial-cores", "1",
-                    "--json", "--set", f"data.dataset={digits10k}", cwd=store)  # fmt: skip
+    again = run_cli(
+        "sweep",
+        "--space",
+        str(space),
+        "--trials",
+        "2",
+        "--workers",
+        "1",
+        "--trial-cores",
+        "1",
+        "--json",
+        "--set",
+        f"data.dataset={digits10k}",
+        cwd=store,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     second = json.loads(again.stdout)
     first_two = [t["params"] for t in second["trials"]][:2]
@@ -168,18 +219,29 @@ print(json.dumps({{"params": run.data.params, "tags": run.data.tags, "hist": his
     [
         (["--scheduler", "tcp://127.0.0.1:9"], {}, "error: cannot reach the Dask scheduler at tcp://127.0.0.1:9"),
         (["--scheduler", "127.0.0.1"], {}, "is not a Dask scheduler address: write tcp://HOST:PORT"),
-        ([], {"MLFLOW_TRACKING_URI": "postgresql://postgres@127.0.0.1:9/mlflow"},
-         "error: cannot reach postgresql at 127.0.0.1:9"),
+        (
+            [],
+            {"MLFLOW_TRACKING_URI": "postgresql://postgres@127.0.0.1:9/mlflow"},
+            "error: cannot reach postgresql at 127.0.0.1:9",
+        ),
         (["--set", "model.params.n_jobs=two"], {}, "error: config key model.params.n_jobs"),
         (["--workers", "0"], {}, "error: --workers 0: give at least 1 worker"),
         (["--trial-cores", "0"], {}, "error: --trial-cores 0: give 1 to"),
         (["--trial-cores", "999"], {}, "error: --trial-cores 999: give 1 to"),
     ],
-    ids=["scheduler-closed", "scheduler-malformed", "database-unreachable", "bad-base-config", "no-workers",
-         "no-cores", "too-many-cores"],
-)  # fmt: skip
-def test_bad_input_is_one_line_and_leaves_no_run(store: Path, space: Path, args: list[str], env: dict[str, str],
-                                                 message: str) -> None:  # fmt: skip
+    ids=[
+        "scheduler-closed",
+        "scheduler-malformed",
+        "database-unreachable",
+        "bad-base-config",
+        "no-workers",
+        "no-cores",
+        "too-many-cores",
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_no_run(
+    store: Path, space: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
     proc = run_cli("sweep", "--space", str(space), "--trials", "2", *args, env=env, cwd=store)
     line = one_line_error(proc)
     assert proc.returncode == 2
@@ -203,10 +265,25 @@ def test_a_space_with_a_parameter_the_model_refuses_is_one_line(store: Path) -> 
 def test_a_trial_that_crashes_is_failed_and_the_sweep_goes_on(store: Path, digits10k: Path) -> None:
     # max_features 0.0 passes the parameter model (a float) but scikit-learn refuses it at fit time.
     f = store / "space.yaml"
-    f.write_text("model: random_forest\nparams:\n  n_estimators: {type: int, low: 5, high: 10}\n"
-                 "  max_features: {type: categorical, choices: [0.0, sqrt]}\n")  # fmt: skip
-    proc = run_cli("sweep", "--space", str(f), "--trials", "6", "--workers", "2", "--json", "--sampler", "random",
-                   "--set", f"data.dataset={digits10k}", cwd=store)  # fmt: skip
+    f.write_text(
+        "model: random_forest\nparams:\n  n_estimators: {type: int, low: 5, high: 10}\n"
+        "  max_features: {type: categorical, choices: [0.0, sqrt]}\n"
+    )
+    proc = run_cli(
+        "sweep",
+        "--space",
+        str(f),
+        "--trials",
+        "6",
+        "--workers",
+        "2",
+        "--json",
+        "--sampler",
+        "random",
+        "--set",
+        f"data.dataset={digits10k}",
+        cwd=store,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     failed = [t for t in result["trials"] if t["state"] == "FAIL"]
@@ -219,8 +296,9 @@ def test_a_trial_that_crashes_is_failed_and_the_sweep_goes_on(store: Path, digit
     assert sorted(c["status"] for c in children) == sorted(
         "FAILED" if t["state"] == "FAIL" else "FINISHED" for t in result["trials"]
     )
-    assert all(c["mnistops.sweep.error"].startswith("InvalidParameterError") for c in children
-               if c["status"] == "FAILED")  # fmt: skip
+    assert all(
+        c["mnistops.sweep.error"].startswith("InvalidParameterError") for c in children if c["status"] == "FAILED"
+    )
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -232,16 +310,30 @@ def test_a_notebook_grid_runs_each_point_as_a_child_batch_and_a_bad_point_fails_
     uri = f"sqlite:///{store / 'mlflow.db'}"
     grid = store / "grid.yaml"
     grid.write_text("n_estimators: [4, 6]\nmax_depth: [6, 8]\n")
-    base = [sys.executable, str(ROOT / "run_notebooks.py"), "--only", "02,03", "--out", str(store / "outputs"),
-            "-p", "dataset", str(digits10k), "--workers", "2", "--json"]  # fmt: skip
+    base = [
+        sys.executable,
+        str(ROOT / "run_notebooks.py"),
+        "--only",
+        "02,03",
+        "--out",
+        str(store / "outputs"),
+        "-p",
+        "dataset",
+        str(digits10k),
+        "--workers",
+        "2",
+        "--json",
+    ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    proc = subprocess.run([*base, "--grid", str(grid)], capture_output=True, text=True, env=env, cwd=store,
-                          timeout=900, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [*base, "--grid", str(grid)], capture_output=True, text=True, env=env, cwd=store, timeout=900, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["status"] == "FINISHED" and len(result["points"]) == 4
-    assert [p["params"] for p in result["points"]] == [{"n_estimators": n, "max_depth": d} for n in (4, 6)
-                                                       for d in (6, 8)]  # fmt: skip
+    assert [p["params"] for p in result["points"]] == [
+        {"n_estimators": n, "max_depth": d} for n in (4, 6) for d in (6, 8)
+    ]
     children = {c["run_id"]: c for c in _children(uri, result["run_id"])}
     assert len(children) == 4
     for point in result["points"]:
@@ -258,8 +350,9 @@ def test_a_notebook_grid_runs_each_point_as_a_child_batch_and_a_bad_point_fails_
 
     bad = store / "bad.yaml"
     bad.write_text("n_estimators: [4]\nmax_depth: [6, -3]\n")
-    proc = subprocess.run([*base, "--grid", str(bad)], capture_output=True, text=True, env=env, cwd=store,
-                          timeout=900, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [*base, "--grid", str(bad)], capture_output=True, text=True, env=env, cwd=store, timeout=900, check=False
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     ok, failed = result["points"]
@@ -276,8 +369,14 @@ def test_a_notebook_grid_runs_each_point_as_a_child_batch_and_a_bad_point_fails_
 def test_a_grid_naming_a_parameter_no_notebook_declares_is_refused_before_anything_runs(store: Path) -> None:
     grid = store / "grid.yaml"
     grid.write_text("n_trees: [4, 6]\n")
-    proc = subprocess.run([sys.executable, str(ROOT / "run_notebooks.py"), "--grid", str(grid)], capture_output=True,
-                          text=True, cwd=store, timeout=120, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run_notebooks.py"), "--grid", str(grid)],
+        capture_output=True,
+        text=True,
+        cwd=store,
+        timeout=120,
+        check=False,
+    )
     line = one_line_error(proc)
     assert proc.returncode == 2
     assert line.startswith(f"error: --grid {grid}: n_trees: no notebook of this batch declares it")
@@ -287,8 +386,20 @@ def test_a_grid_naming_a_parameter_no_notebook_declares_is_refused_before_anythi
 def test_sigterm_stops_the_sweep_its_workers_and_every_run(store: Path, space: Path, digits10k: Path) -> None:
     import psutil
 
-    cmd = [sys.executable, "-m", "mnistops", "sweep", "--space", str(space), "--trials", "6", "--workers", "2",
-           "--set", f"data.dataset={digits10k}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mnistops",
+        "sweep",
+        "--space",
+        str(space),
+        "--trials",
+        "6",
+        "--workers",
+        "2",
+        "--set",
+        f"data.dataset={digits10k}",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=store)
     deadline = time.monotonic() + 240
     while proc.poll() is None and _running_trial_pid(store / "mlflow.db") is None and time.monotonic() < deadline:

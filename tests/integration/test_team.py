@@ -39,8 +39,14 @@ def _start_server(args: list[str], env: dict[str, str], cwd: Path) -> tuple[subp
     # The server logs every request on stderr: into a file, or a full pipe would stall it.
     log = cwd / f"server-{len(list(cwd.glob('server-*.log')))}.log"
     with log.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "mnistops", "tracking-server", *args], stdout=subprocess.PIPE,
-                                stderr=err, text=True, env={**os.environ, **env}, cwd=cwd)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mnistops", "tracking-server", *args],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env={**os.environ, **env},
+            cwd=cwd,
+        )
     assert proc.stdout is not None
     line = proc.stdout.readline()  # the server prints it once /health answers
     if not line.startswith("export MLFLOW_TRACKING_URI="):
@@ -70,8 +76,21 @@ def test_train_promote_and_sweep_against_a_team_server_on_postgresql(
 ) -> None:
     port = free_port()
     server_env = {"MLFLOW_FLASK_SERVER_SECRET_KEY": SECRET, "MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD}
-    proc, uri = _start_server(["--backend", database, "--artifacts", str(store / "artifacts"), "--port", str(port),
-                               "--auth", "--workers", "1"], server_env, store)  # fmt: skip
+    proc, uri = _start_server(
+        [
+            "--backend",
+            database,
+            "--artifacts",
+            str(store / "artifacts"),
+            "--port",
+            str(port),
+            "--auth",
+            "--workers",
+            "1",
+        ],
+        server_env,
+        store,
+    )
     try:
         assert uri == f"http://127.0.0.1:{port}"
         search = f"{uri}/api/2.0/mlflow/experiments/search?max_results=5"
@@ -79,11 +98,23 @@ def test_train_promote_and_sweep_against_a_team_server_on_postgresql(
         assert requests.get(search, auth=(ADMIN, "wrong-password-1"), timeout=30).status_code == 401
         assert requests.get(search, auth=(ADMIN, PASSWORD), timeout=30).status_code == 200
 
-        client_env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_TRACKING_USERNAME": ADMIN,
-                      "MLFLOW_TRACKING_PASSWORD": PASSWORD}  # fmt: skip
+        client_env = {
+            "MLFLOW_TRACKING_URI": uri,
+            "MLFLOW_TRACKING_USERNAME": ADMIN,
+            "MLFLOW_TRACKING_PASSWORD": PASSWORD,
+        }
         data = ["--set", f"data.dataset={digits10k}", "--set", "gate.floor=0.5"]
-        trained = run_cli("train", "--json", *data, "--set", "model.params.n_estimators=10",
-                          "--set", "model.params.max_depth=8", env=client_env, cwd=store)  # fmt: skip
+        trained = run_cli(
+            "train",
+            "--json",
+            *data,
+            "--set",
+            "model.params.n_estimators=10",
+            "--set",
+            "model.params.max_depth=8",
+            env=client_env,
+            cwd=store,
+        )
         assert trained.returncode == 0, trained.stderr[-3000:]
         first = json.loads(trained.stdout)
         promoted = run_cli("promote", first["run_id"], "--json", *data, env=client_env, cwd=store)
@@ -92,8 +123,20 @@ def test_train_promote_and_sweep_against_a_team_server_on_postgresql(
 
         space = store / "space.yaml"
         space.write_text(SPACE)
-        swept = run_cli("sweep", "--space", str(space), "--trials", "6", "--workers", "2", "--promote", "--json",
-                        *data, env=client_env, cwd=store)  # fmt: skip
+        swept = run_cli(
+            "sweep",
+            "--space",
+            str(space),
+            "--trials",
+            "6",
+            "--workers",
+            "2",
+            "--promote",
+            "--json",
+            *data,
+            env=client_env,
+            cwd=store,
+        )
         assert swept.returncode == 0, swept.stderr[-3000:]
         sweep = json.loads(swept.stdout)
         assert sweep["completed"] == 6, [t["error"] for t in sweep["trials"]]
@@ -108,7 +151,9 @@ def test_train_promote_and_sweep_against_a_team_server_on_postgresql(
         # Through MlflowClient (the server): every run, the links, the versions, the alias.
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN)
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
-        seen = read_store(uri, f"""
+        seen = read_store(
+            uri,
+            f"""
 import json, os
 from mlflow.tracking import MlflowClient
 c = MlflowClient()
@@ -121,7 +166,8 @@ print(json.dumps({{"runs": {{r.info.run_id: [r.info.status, r.data.tags.get("mlf
                   "versions": sorted((v.version, v.run_id) for v in versions),
                   "champion": [champ.version, champ.run_id],
                   "parent_params": c.get_run("{sweep["run_id"]}").data.params}}))
-""")  # fmt: skip
+""",
+        )
         assert isinstance(seen, dict)
     finally:
         assert _stop(proc) == 0
@@ -141,7 +187,9 @@ print(json.dumps({{"runs": {{r.info.run_id: [r.info.status, r.data.tags.get("mlf
     assert links[0][0] == 6
     assert _sql(database, "select status, count(*) from runs group by status") == [("FINISHED", 8)]
     assert sorted(_sql(database, "select version, run_id from model_versions where name = 'mnist-classifier'")) == [
-        (1, first["run_id"]), (2, sweep["best"]["run_id"])]  # fmt: skip
+        (1, first["run_id"]),
+        (2, sweep["best"]["run_id"]),
+    ]
     aliases = _sql(database, "select alias, version from registered_model_aliases")
     assert sorted(aliases) == [("champion", 2), ("previous", 1)]
     assert _sql(database, "select username from users") == [(ADMIN,)]  # basic auth's users, same database
@@ -149,20 +197,56 @@ print(json.dumps({{"runs": {{r.info.run_id: [r.info.status, r.data.tags.get("mlf
 
 def test_the_server_refuses_to_start_on_an_unreachable_database_or_without_its_secrets(store: Path) -> None:
     closed = free_port()
-    line = one_line_error(run_cli("tracking-server", "--backend", f"postgresql://postgres@127.0.0.1:{closed}/mlflow",
-                                  "--port", str(free_port()), cwd=store))  # fmt: skip
+    line = one_line_error(
+        run_cli(
+            "tracking-server",
+            "--backend",
+            f"postgresql://postgres@127.0.0.1:{closed}/mlflow",
+            "--port",
+            str(free_port()),
+            cwd=store,
+        )
+    )
     assert line.startswith(f"error: cannot reach postgresql at 127.0.0.1:{closed}")
     sqlite = f"sqlite:///{store / 'team.db'}"
-    line = one_line_error(run_cli("tracking-server", "--backend", sqlite, "--auth", "--port", str(free_port()),
-                                  env={"MLFLOW_FLASK_SERVER_SECRET_KEY": ""}, cwd=store))  # fmt: skip
+    line = one_line_error(
+        run_cli(
+            "tracking-server",
+            "--backend",
+            sqlite,
+            "--auth",
+            "--port",
+            str(free_port()),
+            env={"MLFLOW_FLASK_SERVER_SECRET_KEY": ""},
+            cwd=store,
+        )
+    )
     assert line.startswith("error: --auth: set MLFLOW_FLASK_SERVER_SECRET_KEY")
-    line = one_line_error(run_cli("tracking-server", "--backend", sqlite, "--auth", "--port", str(free_port()),
-                                  env={"MLFLOW_FLASK_SERVER_SECRET_KEY": SECRET, "MLFLOW_AUTH_ADMIN_PASSWORD": ""},
-                                  cwd=store))  # fmt: skip
+    line = one_line_error(
+        run_cli(
+            "tracking-server",
+            "--backend",
+            sqlite,
+            "--auth",
+            "--port",
+            str(free_port()),
+            env={"MLFLOW_FLASK_SERVER_SECRET_KEY": SECRET, "MLFLOW_AUTH_ADMIN_PASSWORD": ""},
+            cwd=store,
+        )
+    )
     assert line.startswith("error: --auth: set MLFLOW_AUTH_ADMIN_PASSWORD to the first admin's password")
-    line = one_line_error(run_cli("tracking-server", "--backend", sqlite, "--auth", "--port", str(free_port()),
-                                  env={"MLFLOW_FLASK_SERVER_SECRET_KEY": SECRET, "MLFLOW_AUTH_ADMIN_PASSWORD": "short"},
-                                  cwd=store))  # fmt: skip
+    line = one_line_error(
+        run_cli(
+            "tracking-server",
+            "--backend",
+            sqlite,
+            "--auth",
+            "--port",
+            str(free_port()),
+            env={"MLFLOW_FLASK_SERVER_SECRET_KEY": SECRET, "MLFLOW_AUTH_ADMIN_PASSWORD": "short"},
+            cwd=store,
+        )
+    )
     assert "shorter than the 12 characters" in line
     with __import__("socket").socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -175,8 +259,9 @@ def test_the_server_refuses_to_start_on_an_unreachable_database_or_without_its_s
 
 def test_stopping_the_command_stops_the_server_it_started(store: Path) -> None:
     port = free_port()
-    proc, uri = _start_server(["--backend", f"sqlite:///{store / 'team.db'}", "--port", str(port), "--workers", "1"],
-                              {}, store)  # fmt: skip
+    proc, uri = _start_server(
+        ["--backend", f"sqlite:///{store / 'team.db'}", "--port", str(port), "--workers", "1"], {}, store
+    )
     assert requests.get(uri + "/health", timeout=10).status_code == 200
     t0 = time.monotonic()
     assert _stop(proc) == 0

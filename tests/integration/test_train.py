@@ -62,9 +62,15 @@ def seed_run(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> t
         "MNISTOPS_MIRRORS": "http://127.0.0.1:9/",
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
-    proc = subprocess.run([sys.executable, "-m", "mnistops", "train", "--config", str(ROOT / "configs" / "seed.yaml"),
-                           "--json"], cwd=work, env={**os.environ, **env}, capture_output=True, text=True,
-                          timeout=900, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "mnistops", "train", "--config", str(ROOT / "configs" / "seed.yaml"), "--json"],
+        cwd=work,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return work, json.loads(proc.stdout)
 
@@ -100,8 +106,9 @@ def test_seed_config_matches_the_notebooks_logged_result(seed_run: tuple[Path, d
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("seed_run")
-def test_run_reads_back_with_everything_recorded(seed_run: tuple[Path, dict[str, Any]],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_run_reads_back_with_everything_recorded(
+    seed_run: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     work, result = seed_run
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
     run = readback(work, result["run_id"])
@@ -182,15 +189,17 @@ print(json.dumps({{"labels": out["label"].tolist(), "p_sum": float(out.filter(li
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("seed_run")
-def test_model_loads_with_stock_mlflow_in_a_fresh_process(seed_run: tuple[Path, dict[str, Any]], mnist: Dataset,
-                                                          tmp_path: Path) -> None:  # fmt: skip
+def test_model_loads_with_stock_mlflow_in_a_fresh_process(
+    seed_run: tuple[Path, dict[str, Any]], mnist: Dataset, tmp_path: Path
+) -> None:
     work, result = seed_run
     from mnistops.data.split import make_split
 
     split = make_split(mnist, "stratified", 0.2, 42)
     np.save(tmp_path / "x.npy", mnist.features(split.test))
-    out: Any = read_store(f"sqlite:///{work / 'mlflow.db'}",
-                          PREDICT.format(uri=result["model_uri"], x=str(tmp_path / "x.npy")))  # fmt: skip
+    out: Any = read_store(
+        f"sqlite:///{work / 'mlflow.db'}", PREDICT.format(uri=result["model_uri"], x=str(tmp_path / "x.npy"))
+    )
     accuracy = float(np.mean(np.array(out["labels"]) == mnist.labels[split.test]))
     assert accuracy == pytest.approx(result["metrics"]["accuracy"], abs=1e-12)
     assert out["columns"] == ["label", *(f"prob_{i}" for i in range(10))]
@@ -204,8 +213,11 @@ def test_model_artifact_is_compact(seed_run: tuple[Path, dict[str, Any]], monkey
     work, result = seed_run
     import mlflow
 
-    location = mlflow.MlflowClient(f"sqlite:///{work / 'mlflow.db'}").get_logged_model(
-        result["model_uri"].removeprefix("models:/")).artifact_location  # fmt: skip
+    location = (
+        mlflow.MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+        .get_logged_model(result["model_uri"].removeprefix("models:/"))
+        .artifact_location
+    )
     size = sum(p.stat().st_size for p in Path(location.removeprefix("file://")).rglob("*") if p.is_file())
     assert size <= 0.2 * 153_000_000  # the notebook's artifact for the same forest: 153 MB
 
@@ -215,14 +227,16 @@ def test_same_config_twice_gives_identical_metrics_and_predictions(store: Path) 
     b = train_json(*SMALL, "--force")  # a clean tree would otherwise hit the run cache
     assert a["run_id"] != b["run_id"]
     timing = {k for k in a["metrics"] if k.startswith("time_") or k == "peak_rss_mb"}
-    assert {k: v for k, v in a["metrics"].items() if k not in timing} == \
-        {k: v for k, v in b["metrics"].items() if k not in timing}  # fmt: skip
+    assert {k: v for k, v in a["metrics"].items() if k not in timing} == {
+        k: v for k, v in b["metrics"].items() if k not in timing
+    }
     import mlflow
 
     preds = []
     for r in (a, b):
-        path = mlflow.artifacts.download_artifacts(run_id=r["run_id"], artifact_path="predictions/predictions.npz",
-                                                   dst_path=str(store / r["run_id"]))  # fmt: skip
+        path = mlflow.artifacts.download_artifacts(
+            run_id=r["run_id"], artifact_path="predictions/predictions.npz", dst_path=str(store / r["run_id"])
+        )
         with np.load(path) as z:
             preds.append((z["label"], z["proba"]))
     np.testing.assert_array_equal(preds[0][0], preds[1][0])
@@ -247,9 +261,11 @@ def test_workdir_repository_is_traced_too(store: Path) -> None:
 def _runs(store: Path) -> list[tuple[str, str]]:
     if not (store / "mlflow.db").exists():
         return []
-    script = ("import json; from mlflow.tracking import MlflowClient; c = MlflowClient(); "
-              "print(json.dumps([(r.info.run_id, r.info.status) for e in c.search_experiments() "
-              "for r in c.search_runs([e.experiment_id])]))")  # fmt: skip
+    script = (
+        "import json; from mlflow.tracking import MlflowClient; c = MlflowClient(); "
+        "print(json.dumps([(r.info.run_id, r.info.status) for e in c.search_experiments() "
+        "for r in c.search_runs([e.experiment_id])]))"
+    )
     return [tuple(r) for r in read_store(os.environ["MLFLOW_TRACKING_URI"], script)]  # type: ignore[union-attr, misc]
 
 
@@ -296,8 +312,17 @@ def test_unreachable_tracking_uri_is_one_line(store: Path) -> None:
 
 
 def test_sigterm_mid_fit_leaves_the_run_killed(store: Path) -> None:
-    cmd = [sys.executable, "-m", "mnistops", "-v", "train", "--set", "model.params.n_estimators=2000",
-           "--set", "model.params.max_depth=30"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mnistops",
+        "-v",
+        "train",
+        "--set",
+        "model.params.n_estimators=2000",
+        "--set",
+        "model.params.max_depth=30",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     deadline = time.monotonic() + 120

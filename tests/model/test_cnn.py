@@ -18,8 +18,16 @@ from mnistops.train.models import build_model
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.cnn
 
-TINY = {"channels": [8, 16], "hidden": 32, "epochs": 2, "batch_size": 64, "lr": 0.01, "augment_shift": 1,
-        "val_fraction": 0.1, "threads": 2}  # fmt: skip
+TINY = {
+    "channels": [8, 16],
+    "hidden": 32,
+    "epochs": 2,
+    "batch_size": 64,
+    "lr": 0.01,
+    "augment_shift": 1,
+    "val_fraction": 0.1,
+    "threads": 2,
+}
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +65,7 @@ def test_same_seed_gives_identical_weights(small: tuple[np.ndarray, ...]) -> Non
     assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
 
 
-def test_images_and_floats_give_the_same_answers(small: tuple[np.ndarray, ...], mnist: Dataset,
-                                                 tmp_path: Path) -> None:  # fmt: skip
+def test_images_and_floats_give_the_same_answers(small: tuple[np.ndarray, ...], mnist: Dataset, tmp_path: Path) -> None:
     x, y, _, _ = small
     m = build_model("cnn", {**TINY, "epochs": 1}, seed=0)
     m.fit(x, y)
@@ -103,9 +110,17 @@ def test_pyfunc_in_a_fresh_process_answers_exactly_as_in_process(
     with mlflow.start_run():
         info = store.log_model(tmp_path / "model", xt[:5], pip_requirements("torch"))
     np.save(tmp_path / "x.npy", xt)
-    proc = subprocess.run([sys.executable, "-c", PREDICT.format(uri=info.model_uri, x=str(tmp_path / "x.npy"),
-                                                                out=str(tmp_path / "p.npy"))],
-                          capture_output=True, text=True, check=False, env=os.environ.copy())  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            PREDICT.format(uri=info.model_uri, x=str(tmp_path / "x.npy"), out=str(tmp_path / "p.npy")),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=os.environ.copy(),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     here = m.predict_proba(xt)
     there: Any = np.load(tmp_path / "p.npy")
@@ -115,8 +130,10 @@ def test_pyfunc_in_a_fresh_process_answers_exactly_as_in_process(
 
 @pytest.mark.slow
 def test_without_torch_the_error_names_the_extra(store: Path) -> None:
-    code = ("import sys; sys.modules['torch'] = None; sys.argv = ['mnistops', 'train', '--set', 'model.name=cnn']; "
-            "from mnistops.cli import main; main()")  # fmt: skip
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.argv = ['mnistops', 'train', '--set', 'model.name=cnn']; "
+        "from mnistops.cli import main; main()"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "model cnn needs PyTorch, which is not installed: pip install -e '.[cnn]'" in proc.stderr

@@ -49,8 +49,9 @@ def test_forest_grown_in_batches_equals_one_fit(small: tuple[np.ndarray, ...]) -
     x, y, xt, _ = small
     ours = build_model("random_forest", SMALL["random_forest"], seed=7)
     ours.fit(x, y)  # 23 trees grown as 3+3+...+2 with warm_start
-    ref = RandomForestClassifier(random_state=7, **PARAMS["random_forest"].model_validate(SMALL["random_forest"])
-                                 .model_dump()).fit(x, y)  # fmt: skip
+    ref = RandomForestClassifier(
+        random_state=7, **PARAMS["random_forest"].model_validate(SMALL["random_forest"]).model_dump()
+    ).fit(x, y)
     ref.set_params(n_jobs=1)  # threaded voting sums in a racy order; compare the trees exactly
     np.testing.assert_array_equal(ours.predict_proba(xt), ref.predict_proba(xt))
 
@@ -112,8 +113,7 @@ def test_uint8_images_and_float_rows_give_the_same_features(mnist: Dataset) -> N
     np.testing.assert_array_equal(mnist.features(np.arange(50)), as_floats)
 
 
-def test_saved_model_answers_like_the_fitted_one(tmp_path: Path, small: tuple[np.ndarray, ...],
-                                                 mnist: Dataset) -> None:  # fmt: skip
+def test_saved_model_answers_like_the_fitted_one(tmp_path: Path, small: tuple[np.ndarray, ...], mnist: Dataset) -> None:
     from mnistops.train.pyfunc_model import MnistClassifier
 
     x, y, xt, _ = small

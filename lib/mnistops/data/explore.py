@@ -122,8 +122,14 @@ def ink_table(ds: Dataset) -> Any:
     ink = np.count_nonzero(flat, axis=1) / flat.shape[1]
     dark = np.count_nonzero(flat > 127, axis=1) / flat.shape[1]
     mean = flat.mean(axis=1, dtype=np.float64) / 255
-    frame = pd.DataFrame({"class": np.asarray(ds.class_names)[ds.labels], "mean intensity %": 100 * mean,
-                          "inked pixels %": 100 * ink, "dark pixels %": 100 * dark})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "class": np.asarray(ds.class_names)[ds.labels],
+            "mean intensity %": 100 * mean,
+            "inked pixels %": 100 * ink,
+            "dark pixels %": 100 * dark,
+        }
+    )
     table = frame.groupby("class", sort=False).mean().loc[list(ds.class_names)]
     return table.round(2)
 
@@ -154,12 +160,17 @@ def intensity_figure(ds: Dataset) -> Any:
     left.set_title("pixel intensity", fontsize=10)
     left.legend(fontsize=7, ncol=2)
     right.boxplot([ink[ds.labels == c] for c in range(len(ds.class_names))], showfliers=False)
-    right.set_xticks(range(1, len(ds.class_names) + 1), list(ds.class_names), fontsize=8,
-                     rotation=30 if max(map(len, ds.class_names)) > 2 else 0)  # fmt: skip
+    right.set_xticks(
+        range(1, len(ds.class_names) + 1),
+        list(ds.class_names),
+        fontsize=8,
+        rotation=30 if max(map(len, ds.class_names)) > 2 else 0,
+    )
     right.set_ylabel("inked pixels (% of image)")
     right.set_title("ink per image", fontsize=10)
-    fig.subplots_adjust(left=0.07, right=0.99, top=0.92, bottom=0.18 if max(map(len, ds.class_names)) > 2 else 0.13,
-                        wspace=0.22)  # fmt: skip
+    fig.subplots_adjust(
+        left=0.07, right=0.99, top=0.92, bottom=0.18 if max(map(len, ds.class_names)) > 2 else 0.13, wspace=0.22
+    )
     return fig
 
 
@@ -195,13 +206,22 @@ def embedding_figure(emb: Embedding, class_names: tuple[str, ...]) -> Any:
     """The sample in its first two principal components, one colour per class."""
     fig = new_figure(7, 5.5)
     ax = fig.add_subplot()
-    ax.scatter(emb.coords[:, 0], emb.coords[:, 1], c=emb.labels, cmap=_CMAP, vmin=-0.5, vmax=9.5, s=3, alpha=0.6,
-               linewidths=0)  # fmt: skip
+    ax.scatter(
+        emb.coords[:, 0], emb.coords[:, 1], c=emb.labels, cmap=_CMAP, vmin=-0.5, vmax=9.5, s=3, alpha=0.6, linewidths=0
+    )
     for c, name in enumerate(class_names):
         if np.any(emb.labels == c):
             cx, cy = np.median(emb.coords[emb.labels == c], axis=0)
-            ax.text(cx, cy, name, fontsize=11, weight="bold", ha="center", va="center",
-                    bbox={"boxstyle": "round,pad=0.2", "fc": "white", "alpha": 0.7, "lw": 0})  # fmt: skip
+            ax.text(
+                cx,
+                cy,
+                name,
+                fontsize=11,
+                weight="bold",
+                ha="center",
+                va="center",
+                bbox={"boxstyle": "round,pad=0.2", "fc": "white", "alpha": 0.7, "lw": 0},
+            )
     ax.set_xlabel(f"PC 1 ({emb.explained[0]:.1%} of variance)")
     ax.set_ylabel(f"PC 2 ({emb.explained[1]:.1%} of variance)")
     ax.set_title(f"PCA of {len(emb.labels):,} images (class label at each class's median)", fontsize=10)
@@ -223,9 +243,15 @@ def duplicates(ds: Dataset) -> Any:
     for group in duplicate_groups(ds.images):
         labels = sorted({ds.class_names[int(v)] for v in ds.labels[group]})
         splits = sorted({"train" if t else "test" for t in ds.is_train[group]})
-        rows.append({"rows": ", ".join(str(int(r)) for r in group), "images": len(group),
-                     "labels": " / ".join(labels), "splits": " + ".join(splits),
-                     "labels agree": len(labels) == 1})  # fmt: skip
+        rows.append(
+            {
+                "rows": ", ".join(str(int(r)) for r in group),
+                "images": len(group),
+                "labels": " / ".join(labels),
+                "splits": " + ".join(splits),
+                "labels agree": len(labels) == 1,
+            }
+        )
     return pd.DataFrame(rows, columns=["rows", "images", "labels", "splits", "labels agree"])
 
 

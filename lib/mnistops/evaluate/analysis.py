@@ -74,8 +74,9 @@ def run_predictions(uri: str, run_id: str) -> RunPredictions:
         )
     with processes.temporary_directory("eval") as tmp:
         try:
-            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions/predictions.npz",
-                                                       dst_path=tmp, tracking_uri=uri)  # fmt: skip
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="predictions/predictions.npz", dst_path=tmp, tracking_uri=uri
+            )
         except Exception:
             raise RunNotFoundError(
                 f"run {run_id} holds no predictions/predictions.npz: evaluate a training run"
@@ -95,10 +96,19 @@ def per_class(pred: RunPredictions) -> Any:
     p, r, f, support = precision_recall_fscore_support(pred.labels, pred.predicted, labels=range(k), zero_division=0)
     cm = confusion_matrix(pred.labels, pred.predicted, labels=range(k))
     off = cm - np.diag(np.diag(cm))
-    table = pd.DataFrame({"precision": p, "recall": r, "f1": f, "support": support, "errors": off.sum(axis=1),
-                          "most often taken for": [pred.class_names[int(j)] if off[i].any() else "-"
-                                                   for i, j in enumerate(off.argmax(axis=1))]},
-                         index=pd.Index(list(pred.class_names), name="class"))  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "precision": p,
+            "recall": r,
+            "f1": f,
+            "support": support,
+            "errors": off.sum(axis=1),
+            "most often taken for": [
+                pred.class_names[int(j)] if off[i].any() else "-" for i, j in enumerate(off.argmax(axis=1))
+            ],
+        },
+        index=pd.Index(list(pred.class_names), name="class"),
+    )
     return table.round({"precision": 4, "recall": 4, "f1": 4})
 
 
@@ -116,8 +126,14 @@ def confused_pairs(pred: RunPredictions, k: int = 10) -> Any:
         t, p = divmod(int(flat), n)
         if off[t, p] == 0:
             break
-        rows.append({"true": pred.class_names[t], "predicted": pred.class_names[p], "count": int(off[t, p]),
-                     "% of true class": round(100 * off[t, p] / max(cm[t].sum(), 1), 2)})  # fmt: skip
+        rows.append(
+            {
+                "true": pred.class_names[t],
+                "predicted": pred.class_names[p],
+                "count": int(off[t, p]),
+                "% of true class": round(100 * off[t, p] / max(cm[t].sum(), 1), 2),
+            }
+        )
     return pd.DataFrame(rows, columns=["true", "predicted", "count", "% of true class"])
 
 
@@ -144,8 +160,11 @@ def confused_pairs_figure(pred: RunPredictions, pairs: Any, per_pair: int = 8) -
     for x, y, text in captions:
         ax.text(x, y, text, ha="center", va="center", fontsize=8, color="crimson")
     ax.set_xticks([])
-    ax.set_yticks([i * cell_h + 25 for i in range(len(pairs))],
-                  [f"{r['true']}→{r['predicted']}" for _, r in pairs.iterrows()], fontsize=9)  # fmt: skip
+    ax.set_yticks(
+        [i * cell_h + 25 for i in range(len(pairs))],
+        [f"{r['true']}→{r['predicted']}" for _, r in pairs.iterrows()],
+        fontsize=9,
+    )
     for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)
     fig.suptitle("most confused pairs, true→predicted (confidence in the wrong class above each image)", fontsize=9)
@@ -180,8 +199,10 @@ def calibration(pred: RunPredictions, n_bins: int = 10) -> Calibration:
     conf = np.bincount(which, weights=confidence, minlength=n_bins)[seen] / count[seen]
     acc = np.bincount(which, weights=correct, minlength=n_bins)[seen] / count[seen]
     labels = [f"{edges[i]:.1f}-{edges[i + 1]:.1f}" for i in np.flatnonzero(seen)]
-    table = pd.DataFrame({"confidence": conf.round(4), "accuracy": acc.round(4), "images": count[seen]},
-                         index=pd.Index(labels, name="bin"))  # fmt: skip
+    table = pd.DataFrame(
+        {"confidence": conf.round(4), "accuracy": acc.round(4), "images": count[seen]},
+        index=pd.Index(labels, name="bin"),
+    )
     ece = float(np.sum(count[seen] / len(confidence) * np.abs(acc - conf)))
     return Calibration(table, ece)
 
@@ -207,8 +228,9 @@ def reliability_figure(cal: Calibration) -> Any:
     return fig
 
 
-def comparison(scores: dict[str, dict[str, float]], metrics: tuple[str, ...] = ("accuracy", "f1_macro",
-               "f1_weighted", "log_loss")) -> Any:  # fmt: skip
+def comparison(
+    scores: dict[str, dict[str, float]], metrics: tuple[str, ...] = ("accuracy", "f1_macro", "f1_weighted", "log_loss")
+) -> Any:
     """Candidate against champion, scored afresh on the same split by the promotion gate."""
     import pandas as pd
 
@@ -217,10 +239,12 @@ def comparison(scores: dict[str, dict[str, float]], metrics: tuple[str, ...] = (
     for m in metrics:
         if m in cand:
             other = champ.get(m) if champ else None
-            rows.append({
-                "metric": m,
-                "candidate": round(cand[m], 4),
-                "champion": None if other is None else round(other, 4),
-                "delta": None if other is None else round(cand[m] - other, 4),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "metric": m,
+                    "candidate": round(cand[m], 4),
+                    "champion": None if other is None else round(other, 4),
+                    "delta": None if other is None else round(cand[m] - other, 4),
+                }
+            )
     return pd.DataFrame(rows, columns=["metric", "candidate", "champion", "delta"]).set_index("metric")

@@ -43,8 +43,15 @@ def confusion_matrix_figure(confusion: list[list[int]], class_names: tuple[str, 
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
             if cm[i, j]:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if share[i, j] > 0.03 else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if share[i, j] > 0.03 else "black",
+                )
     bar = fig.colorbar(im, ax=ax)
     bar.set_label("share of the true class (log scale)")
     ax.set_title(f"confusion matrix (accuracy {np.trace(cm) / max(cm.sum(), 1):.4f})")
@@ -93,9 +100,16 @@ def mistakes_figure(
     ax.imshow(mosaic, cmap="gray_r", interpolation="nearest")
     for k, r in enumerate(rows):
         pred = int(proba[r].argmax())
-        ax.text((k % cols) * 30 + 15, (k // cols) * cell + 11,
-                f"{class_names[int(y_true[r])]}→{class_names[pred]}\n{proba[r, pred]:.2f}",
-                ha="center", va="center", fontsize=9, color="crimson", linespacing=1.2)  # fmt: skip
+        ax.text(
+            (k % cols) * 30 + 15,
+            (k // cols) * cell + 11,
+            f"{class_names[int(y_true[r])]}→{class_names[pred]}\n{proba[r, pred]:.2f}",
+            ha="center",
+            va="center",
+            fontsize=9,
+            color="crimson",
+            linespacing=1.2,
+        )
     fig.suptitle("most confident mistakes (true→predicted, confidence)", fontsize=11)
     return fig
 

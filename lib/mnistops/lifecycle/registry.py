@@ -36,8 +36,7 @@ ROLLED_BACK = "mnistops.gate.rolled_back"
 VERSION_TAGS = ("mnistops.data_fingerprint", "mnistops.split_fingerprint", "mnistops.config_hash", "git.code.commit")
 
 
-def register(uri: str, name: str, model_uri: str, run_id: str, tags: dict[str, str],
-             metrics: dict[str, float]) -> str:  # fmt: skip
+def register(uri: str, name: str, model_uri: str, run_id: str, tags: dict[str, str], metrics: dict[str, float]) -> str:
     """Register ``model_uri`` as a new version of ``name``; return the version number."""
     import mlflow
 
@@ -119,10 +118,18 @@ class Decision:
         """The decision table as a ``pandas.DataFrame``: one row per check."""
         import pandas as pd
 
-        rows = [{"check": c.rule, "metric": c.metric, "candidate": round(c.candidate, 4),
-                 "champion": None if c.champion is None else round(c.champion, 4),
-                 "delta": None if c.delta is None else round(c.delta, 4), "threshold": round(c.threshold, 4),
-                 "result": "pass" if c.passed else "fail"} for c in self.checks]  # fmt: skip
+        rows = [
+            {
+                "check": c.rule,
+                "metric": c.metric,
+                "candidate": round(c.candidate, 4),
+                "champion": None if c.champion is None else round(c.champion, 4),
+                "delta": None if c.delta is None else round(c.delta, 4),
+                "threshold": round(c.threshold, 4),
+                "result": "pass" if c.passed else "fail",
+            }
+            for c in self.checks
+        ]
         columns = ["check", "metric", "candidate", "champion", "delta", "threshold", "result"]
         return pd.DataFrame(rows, columns=columns).set_index("check")
 
@@ -179,8 +186,9 @@ def latest_run(uri: str, experiment: str) -> str:
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
         raise RunNotFoundError(f"experiment {experiment!r} has no runs in {uri}: run `mnistops train` first")
-    runs = c.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
-                         max_results=20)  # fmt: skip
+    runs = c.search_runs(
+        [exp.experiment_id], "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=20
+    )
     for run in runs:
         if is_training_run(run.data.tags):
             return str(run.info.run_id)
@@ -192,8 +200,7 @@ def is_training_run(tags: dict[str, str]) -> bool:
     return tags.get("mnistops.run_type", "train") == "train" and "mnistops.reproduction_of" not in tags
 
 
-def promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool = False,
-            force: bool = False) -> Decision:  # fmt: skip
+def promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool = False, force: bool = False) -> Decision:
     """Run the gate for ``run_id``'s model version; move aliases if it passes (unless dry run).
 
     A version that was rolled back is refused without scoring unless ``force``.
@@ -201,16 +208,25 @@ def promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool = 
     client = store.client(uri)
     candidate = version_for_run(uri, name, run_id)
     champion = alias_version(uri, name, CHAMPION)
-    decision = Decision(name, str(candidate.version), run_id, str(champion.version) if champion else None,
-                        promoted=False, dry_run=dry_run, reason="")  # fmt: skip
+    decision = Decision(
+        name,
+        str(candidate.version),
+        run_id,
+        str(champion.version) if champion else None,
+        promoted=False,
+        dry_run=dry_run,
+        reason="",
+    )
     if champion is not None and str(champion.version) == str(candidate.version):
         decision.reason = f"version {candidate.version} is already @{CHAMPION}"
         return decision
     rolled_back = (candidate.tags or {}).get(ROLLED_BACK)
     if rolled_back and not force:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(int(rolled_back))) if rolled_back.isdigit() else ""
-        decision.reason = (f"version {candidate.version} was rolled back{' on ' + when if when else ''}: "
-                           "promote it again only on purpose, with --force")  # fmt: skip
+        decision.reason = (
+            f"version {candidate.version} was rolled back{' on ' + when if when else ''}: "
+            "promote it again only on purpose, with --force"
+        )
         return decision
     cand_run = store.get_run(uri, run_id)
     if champion is not None:
@@ -218,9 +234,11 @@ def promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool = 
         for key, what in (("mnistops.data_fingerprint", "data"), ("mnistops.split_fingerprint", "split")):
             a, b = cand_run.data.tags.get(key), champ_run.data.tags.get(key)
             if a != b:
-                decision.reason = (f"candidate and champion were trained on different {what}: "
-                                   f"{what} fingerprint {a} (candidate) vs {b} (champion); "
-                                   "retrain the candidate on the champion's data and split")  # fmt: skip
+                decision.reason = (
+                    f"candidate and champion were trained on different {what}: "
+                    f"{what} fingerprint {a} (candidate) vs {b} (champion); "
+                    "retrain the candidate on the champion's data and split"
+                )
                 _record(client, name, candidate.version, decision)
                 return decision
     cfg = run_config(uri, run_id)
@@ -231,13 +249,28 @@ def promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool = 
     decision.scores = scores
     cand = scores["candidate"]
     champ = scores.get("champion")
-    decision.checks.append(Check("floor", gate.floor_metric, cand[gate.floor_metric],
-                                 champ[gate.floor_metric] if champ else None, gate.floor,
-                                 cand[gate.floor_metric] >= gate.floor))  # fmt: skip
+    decision.checks.append(
+        Check(
+            "floor",
+            gate.floor_metric,
+            cand[gate.floor_metric],
+            champ[gate.floor_metric] if champ else None,
+            gate.floor,
+            cand[gate.floor_metric] >= gate.floor,
+        )
+    )
     if champ is not None:
         threshold = champ[gate.metric] - gate.tolerance
-        decision.checks.append(Check("not worse than champion", gate.metric, cand[gate.metric], champ[gate.metric],
-                                     threshold, cand[gate.metric] >= threshold))  # fmt: skip
+        decision.checks.append(
+            Check(
+                "not worse than champion",
+                gate.metric,
+                cand[gate.metric],
+                champ[gate.metric],
+                threshold,
+                cand[gate.metric] >= threshold,
+            )
+        )
     failed = [c for c in decision.checks if not c.passed]
     decision.promoted = not failed and not dry_run
     if failed:
@@ -297,8 +330,10 @@ def rollback(uri: str, name: str) -> tuple[str, str]:
         previous = alias_version(uri, name, PREVIOUS)
         target = str(previous.version) if previous is not None else "none"
     if target == "none":
-        raise GateError(f"{name}@{CHAMPION} is version {champion.version}, the first champion: "
-                        "there is no earlier one to roll back to")  # fmt: skip
+        raise GateError(
+            f"{name}@{CHAMPION} is version {champion.version}, the first champion: "
+            "there is no earlier one to roll back to"
+        )
     client.set_registered_model_alias(name, CHAMPION, target)
     client.set_model_version_tag(name, champion.version, ROLLED_BACK, str(int(time.time())))
     before = (client.get_model_version(name, target).tags or {}).get(PREVIOUS_CHAMPION, "none")

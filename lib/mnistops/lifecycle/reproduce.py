@@ -63,8 +63,9 @@ def _predictions(uri: str, run_id: str) -> dict[str, np.ndarray]:
 
     mlflow.set_tracking_uri(uri)
     with processes.temporary_directory("predictions") as tmp:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions/predictions.npz",
-                                                   dst_path=tmp)  # fmt: skip
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="predictions/predictions.npz", dst_path=tmp
+        )
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
 
@@ -73,8 +74,11 @@ def package_diffs(tags: dict[str, str]) -> dict[str, dict[str, str | None]]:
     """Key packages whose version now differs from the run's ``env.pkg.*`` tags."""
     now = provenance.package_versions()
     recorded = {k.removeprefix("env.pkg."): v for k, v in tags.items() if k.startswith("env.pkg.")}
-    return {name: {"run": recorded.get(name), "now": now.get(name)}
-            for name in sorted(set(recorded) | set(now)) if recorded.get(name) != now.get(name)}  # fmt: skip
+    return {
+        name: {"run": recorded.get(name), "now": now.get(name)}
+        for name in sorted(set(recorded) | set(now))
+        if recorded.get(name) != now.get(name)
+    }
 
 
 def reproduce(uri: str, run_id: str, progress: Reporter | None = None) -> Reproduction:
@@ -114,8 +118,9 @@ def reproduce(uri: str, run_id: str, progress: Reporter | None = None) -> Reprod
     result = train(cfg, progress, force=True, register=False, extra_tags={"mnistops.reproduction_of": run_id})
     tol = TOLERANCES.get(cfg.model.name, EXACT)
     new_metrics = store.get_run(uri, result.run_id).data.metrics  # step metrics too (latest values)
-    metric_diffs = {k: abs(new_metrics.get(k, float("nan")) - v) for k, v in original.data.metrics.items()
-                    if not is_timing(k)}  # fmt: skip
+    metric_diffs = {
+        k: abs(new_metrics.get(k, float("nan")) - v) for k, v in original.data.metrics.items() if not is_timing(k)
+    }
     old_pred, new_pred = _predictions(uri, run_id), _predictions(uri, result.run_id)
     if not np.array_equal(old_pred["rows"], new_pred["rows"]):
         raise ReproductionError(f"run {run_id} and its reproduction scored different test rows: the split changed")

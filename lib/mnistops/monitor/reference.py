@@ -114,8 +114,9 @@ def for_run(tracking_uri: str, run_id: str) -> Reference:
 
     with processes.temporary_directory("reference") as tmp:
         try:
-            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ARTIFACT, dst_path=tmp,
-                                                       tracking_uri=tracking_uri)  # fmt: skip
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=ARTIFACT, dst_path=tmp, tracking_uri=tracking_uri
+            )
         except Exception:
             raise NoReferenceError(
                 f"run {run_id} has no reference profile ({ARTIFACT}): it was trained before monitoring existed; "

@@ -212,8 +212,9 @@ def _human(since: str, start: float) -> str:
     return f"{when} (the last {since.strip()})" if _DURATION.match(since) else when
 
 
-def _record(tracking_uri: str, model: Watched, result: checks.Result, out: dict[str, Any], page: str,
-            parent_run_id: str = "") -> str:  # fmt: skip
+def _record(
+    tracking_uri: str, model: Watched, result: checks.Result, out: dict[str, Any], page: str, parent_run_id: str = ""
+) -> str:
     """A run in the ``monitoring`` experiment: the verdict, each check's p-value, the report."""
     from mnistops.tracking.store import client, ensure_experiment
 

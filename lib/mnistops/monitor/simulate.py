@@ -36,8 +36,15 @@ def check_kind(kind: str, severity: str) -> None:
         raise ConfigError(f"unknown severity {severity!r}: choose from {', '.join(SEVERITIES)}")
 
 
-def shifted(images: np.ndarray, labels: np.ndarray, kind: str, n: int, severity: str = "moderate", seed: int = 0,
-            fashion: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def shifted(
+    images: np.ndarray,
+    labels: np.ndarray,
+    kind: str,
+    n: int,
+    severity: str = "moderate",
+    seed: int = 0,
+    fashion: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` images drawn (seeded) from ``images`` with their ``labels``, shifted by ``kind``.
 
     Args:

@@ -51,8 +51,15 @@ KERNEL_NAME = "python3"
 # libraries mnistops imports inside its functions. Only sys.modules is touched (``__import__`` in
 # a silent execution): the notebook's namespace starts empty, and a notebook that forgets an
 # import still fails. MLflow (2 s) only for notebooks that use the tracking store.
-WARM_ALWAYS = ("numpy", "pandas", "matplotlib.figure", "matplotlib.backends.backend_agg", "IPython.display",
-               "sklearn.model_selection", "sklearn.decomposition")  # fmt: skip
+WARM_ALWAYS = (
+    "numpy",
+    "pandas",
+    "matplotlib.figure",
+    "matplotlib.backends.backend_agg",
+    "IPython.display",
+    "sklearn.model_selection",
+    "sklearn.decomposition",
+)
 WARM_TRACKING = ("mlflow", "mlflow.pyfunc", "sklearn.ensemble", "sklearn.metrics", "sklearn.model_selection")
 WARM_STORE = """
 try:
@@ -433,14 +440,25 @@ def _make_out_base(out_base: Path) -> None:
 class _Batch:
     """The state of one batch while it runs (see :func:`run_batch`)."""
 
-    def __init__(self, notebooks: Sequence[Notebook], parameters: dict[str, dict[str, Any]], cfg: Config,
-                 progress: BatchProgress, cell_timeout: float | None, start_timeout: float,
-                 grace: float) -> None:  # fmt: skip
+    def __init__(
+        self,
+        notebooks: Sequence[Notebook],
+        parameters: dict[str, dict[str, Any]],
+        cfg: Config,
+        progress: BatchProgress,
+        cell_timeout: float | None,
+        start_timeout: float,
+        grace: float,
+    ) -> None:
         self.notebooks, self.parameters, self.cfg = notebooks, parameters, cfg
         self.progress, self.cell_timeout, self.start_timeout = progress, cell_timeout, start_timeout
         self.uri = store.absolute_uri(store.resolve_uri(cfg.tracking.uri))
-        self.env = {**os.environ, "MLFLOW_TRACKING_URI": self.uri, "MLFLOW_DISABLE_TELEMETRY": "true",
-                    "PYDEVD_DISABLE_FILE_VALIDATION": "1"}  # fmt: skip
+        self.env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": self.uri,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+        }
         self.kernels: list[_Kernel] = []
         self.logged: list[Future[None]] = []
         self.work = Path()
@@ -458,8 +476,14 @@ class _Batch:
     def run(self, run_id: str, out_base: Path, stop: _Stop, cwd: Path) -> BatchResult:
         when = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         out_dir = out_base / f"{when}-{run_id}"
-        result = BatchResult(run_id, "RUNNING", str(out_dir), self.uri, self.cfg.tracking.experiment,
-                             [NotebookRun(nb.name) for nb in self.notebooks])  # fmt: skip
+        result = BatchResult(
+            run_id,
+            "RUNNING",
+            str(out_dir),
+            self.uri,
+            self.cfg.tracking.experiment,
+            [NotebookRun(nb.name) for nb in self.notebooks],
+        )
         try:
             _log_batch_inputs(self.cfg, self.parameters)
             out_dir.mkdir()
@@ -525,8 +549,12 @@ class _Batch:
             log.error("kernel output:\n%s", kernel.log_tail())
         record.status, record.error = "failed", message
         result.error = message
-        self._end(result, "FAILED", record, {"mnistops.batch.failed_notebook": nb.name,
-                                             "mnistops.batch.error": message[:5000]})  # fmt: skip
+        self._end(
+            result,
+            "FAILED",
+            record,
+            {"mnistops.batch.failed_notebook": nb.name, "mnistops.batch.error": message[:5000]},
+        )
         raise BatchFailed(message, result)
 
     def _end(self, result: BatchResult, status: str, record: NotebookRun, tags: dict[str, str]) -> None:
@@ -540,8 +568,15 @@ class _Batch:
             c.set_tag(result.run_id, key, value)
 
 
-def _execute(nb: Notebook, out_nb: Path, params: dict[str, Any], kernel: _Kernel, progress: BatchProgress,
-             stop: _Stop, cell_timeout: float | None) -> None:  # fmt: skip
+def _execute(
+    nb: Notebook,
+    out_nb: Path,
+    params: dict[str, Any],
+    kernel: _Kernel,
+    progress: BatchProgress,
+    stop: _Stop,
+    cell_timeout: float | None,
+) -> None:
     """papermill, on our kernel and client, with hooks for progress and signals."""
     import papermill
     from papermill.engines import papermill_engines
@@ -558,10 +593,19 @@ def _execute(nb: Notebook, out_nb: Path, params: dict[str, Any], kernel: _Kernel
         progress.cell_started(nb.name, cell_index, first[:80])
 
     papermill.execute_notebook(
-        str(nb.path), str(out_nb), parameters=params, engine_name="mnistops", kernel_name=KERNEL_NAME,
-        progress_bar=False, km=kernel.km, execution_timeout=cell_timeout, coalesce_streams=True,
-        on_notebook_start=on_notebook_start, on_cell_start=on_cell_start, on_cell_complete=stop.check,
-    )  # fmt: skip
+        str(nb.path),
+        str(out_nb),
+        parameters=params,
+        engine_name="mnistops",
+        kernel_name=KERNEL_NAME,
+        progress_bar=False,
+        km=kernel.km,
+        execution_timeout=cell_timeout,
+        coalesce_streams=True,
+        on_notebook_start=on_notebook_start,
+        on_cell_start=on_cell_start,
+        on_cell_complete=stop.check,
+    )
 
 
 def _engine() -> Any:
@@ -573,13 +617,29 @@ def _engine() -> Any:
 
     class Engine(NBClientEngine):
         @classmethod
-        def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, log_output: bool = False,
-                                     stdout_file: Any = None, stderr_file: Any = None, start_timeout: int = 60,
-                                     execution_timeout: float | None = None, **kwargs: Any) -> Any:  # fmt: skip
+        def execute_managed_notebook(
+            cls,
+            nb_man: Any,
+            kernel_name: str,
+            log_output: bool = False,
+            stdout_file: Any = None,
+            stderr_file: Any = None,
+            start_timeout: int = 60,
+            execution_timeout: float | None = None,
+            **kwargs: Any,
+        ) -> Any:
             kwargs.pop("input_path", None)
-            client = PapermillNotebookClient(nb_man, timeout=execution_timeout, startup_timeout=start_timeout,
-                                             kernel_name=kernel_name, log=logger, log_output=log_output,
-                                             stdout_file=stdout_file, stderr_file=stderr_file, **kwargs)  # fmt: skip
+            client = PapermillNotebookClient(
+                nb_man,
+                timeout=execution_timeout,
+                startup_timeout=start_timeout,
+                kernel_name=kernel_name,
+                log=logger,
+                log_output=log_output,
+                stdout_file=stdout_file,
+                stderr_file=stderr_file,
+                **kwargs,
+            )
             try:
                 return client.execute()
             finally:

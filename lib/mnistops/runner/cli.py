@@ -46,8 +46,13 @@ class RichBatchProgress:
         if self.live:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
-                                     TimeElapsedColumn(), console=self.err)  # fmt: skip
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(bar_width=20),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.err,
+            )
             self.progress.start()
         return self
 
@@ -68,8 +73,11 @@ class RichBatchProgress:
         if self.progress is not None and name in self.tasks:
             from rich.markup import escape
 
-            self.progress.update(self.tasks[name], completed=index,
-                                 description=f"{name} [dim]cell {index + 1}: {escape(summary[:50])}[/]")  # fmt: skip
+            self.progress.update(
+                self.tasks[name],
+                completed=index,
+                description=f"{name} [dim]cell {index + 1}: {escape(summary[:50])}[/]",
+            )
 
     def notebook_finished(self, run: NotebookRun) -> None:
         """Close the notebook's line with its outcome."""
@@ -93,8 +101,12 @@ def _summary(result: BatchResult) -> None:
     colours = {"completed": "green", "failed": "red", "killed": "yellow"}
     for nb in result.notebooks:
         colour = colours.get(nb.status, "dim")
-        table.add_row(nb.name, f"[{colour}]{nb.status}[/]", "" if nb.seconds is None else f"{nb.seconds:.1f}",
-                      _relative(nb.html or nb.ipynb or ""))  # fmt: skip
+        table.add_row(
+            nb.name,
+            f"[{colour}]{nb.status}[/]",
+            "" if nb.seconds is None else f"{nb.seconds:.1f}",
+            _relative(nb.html or nb.ipynb or ""),
+        )
     out.print(table)
     if result.training_run_id:
         cached = " (from the run cache)" if result.training_cached else ""
@@ -138,8 +150,19 @@ def run(
     cfg = load_config(config, sets, base=notebook_mapping(base) if base else None)
     plan = params.plan(notebooks, cfg, files, pairs)
     if grid is not None:
-        return _run_grid(notebooks, notebooks_dir or root / "notebooks", only, grid, plan, cfg, out or root / "outputs",
-                         workers, scheduler, cell_timeout, as_json)  # fmt: skip
+        return _run_grid(
+            notebooks,
+            notebooks_dir or root / "notebooks",
+            only,
+            grid,
+            plan,
+            cfg,
+            out or root / "outputs",
+            workers,
+            scheduler,
+            cell_timeout,
+            as_json,
+        )
     progress: Any = batch.NullProgress() if as_json else RichBatchProgress()
     failure: batch.BatchFailed | None = None
     with progress if isinstance(progress, RichBatchProgress) else contextlib.nullcontext():
@@ -150,9 +173,19 @@ def run(
     return _report(result, failure, as_json, _summary)
 
 
-def _run_grid(notebooks: list[Any], notebooks_dir: Path, only: list[str], grid_file: Path,
-              plan: dict[str, dict[str, Any]], cfg: Any, out: Path, workers: int, scheduler: str | None,
-              cell_timeout: float | None, as_json: bool) -> int:  # fmt: skip
+def _run_grid(
+    notebooks: list[Any],
+    notebooks_dir: Path,
+    only: list[str],
+    grid_file: Path,
+    plan: dict[str, dict[str, Any]],
+    cfg: Any,
+    out: Path,
+    workers: int,
+    scheduler: str | None,
+    cell_timeout: float | None,
+    as_json: bool,
+) -> int:
     from mnistops.runner import grid, params
 
     lists, points = grid.read_grid(grid_file)
@@ -165,13 +198,18 @@ def _run_grid(notebooks: list[Any], notebooks_dir: Path, only: list[str], grid_f
         from rich.markup import escape
 
         mark = "[green]✓[/]" if row["status"] == "FINISHED" else "[red]✗[/]"
-        err.print(f"{mark} point {row['point']} ({escape(grid.describe(row['params']))}) {row['status'].lower()} "
-                  f"in {row.get('seconds', 0):.1f} s", highlight=False, soft_wrap=True)  # fmt: skip
+        err.print(
+            f"{mark} point {row['point']} ({escape(grid.describe(row['params']))}) {row['status'].lower()} "
+            f"in {row.get('seconds', 0):.1f} s",
+            highlight=False,
+            soft_wrap=True,
+        )
 
     failure: grid.GridFailed | None = None
     try:
-        result = grid.run_grid(notebooks, notebooks_dir, only, lists, points, plan, cfg, out, workers, scheduler,
-                               cell_timeout, on_point)  # fmt: skip
+        result = grid.run_grid(
+            notebooks, notebooks_dir, only, lists, points, plan, cfg, out, workers, scheduler, cell_timeout, on_point
+        )
     except grid.GridFailed as exc:
         failure, result = exc, exc.result
     return _report(result, failure, as_json, _grid_summary)
@@ -194,16 +232,23 @@ def _grid_summary(result: Any) -> None:
     from rich.table import Table
 
     out = _console()
-    table = Table(title=f"notebook grid {result.run_id} ({result.status}): {len(result.points)} points, "
-                        f"{result.workers} workers")  # fmt: skip
+    table = Table(
+        title=f"notebook grid {result.run_id} ({result.status}): {len(result.points)} points, {result.workers} workers"
+    )
     for col in ("point", "parameters", "status", "accuracy", "seconds", "batch run", "executed copies"):
         table.add_column(col, justify="right" if col in ("point", "accuracy", "seconds") else "left")
     for row in result.points:
         colour = "green" if row["status"] == "FINISHED" else "red"
         acc = row["metrics"].get("accuracy")
-        table.add_row(str(row["point"]), escape(", ".join(f"{k}={v}" for k, v in row["params"].items())),
-                      f"[{colour}]{row['status']}[/]", "" if acc is None else f"{acc:.4f}",
-                      f"{row.get('seconds', 0):.1f}", row["run_id"] or "", _relative(row["out_dir"] or ""))  # fmt: skip
+        table.add_row(
+            str(row["point"]),
+            escape(", ".join(f"{k}={v}" for k, v in row["params"].items())),
+            f"[{colour}]{row['status']}[/]",
+            "" if acc is None else f"{acc:.4f}",
+            f"{row.get('seconds', 0):.1f}",
+            row["run_id"] or "",
+            _relative(row["out_dir"] or ""),
+        )
     out.print(table)
     for row in result.points:
         if row["error"]:
@@ -292,7 +337,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--scheduler", metavar="ADDRESS", help="with --grid: a running Dask scheduler (tcp://host:port)")
     p.add_argument("--verbose", "-v", action="store_true", help="log details on stderr")
-    return p  # fmt: skip
+    return p
 
 
 def main(root: Path, argv: list[str] | None = None) -> None:
@@ -311,13 +356,27 @@ def main(root: Path, argv: list[str] | None = None) -> None:
 
     handler = RichHandler(console=err, show_path=False, show_time=False)
     handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s",
-                        handlers=[handler], force=True)  # fmt: skip
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s", handlers=[handler], force=True
+    )
     only = [n.strip() for item in args.only for n in item.split(",") if n.strip()]
     try:
         pairs = [tuple(p) for p in args.pairs]
-        code = run(root, args.config, args.sets, pairs, args.files, only, args.out, args.as_json, args.cell_timeout,
-                   args.notebooks, args.grid, args.workers, args.scheduler)  # fmt: skip
+        code = run(
+            root,
+            args.config,
+            args.sets,
+            pairs,
+            args.files,
+            only,
+            args.out,
+            args.as_json,
+            args.cell_timeout,
+            args.notebooks,
+            args.grid,
+            args.workers,
+            args.scheduler,
+        )
         sys.exit(code)
     except MnistopsError as exc:
         from rich.markup import escape

@@ -108,8 +108,15 @@ def refresh(paths: Sequence[Path], timeout: float = 1800) -> None:
         try:
             for path in paths:
                 out = Path(tmp) / path.name
-                papermill.execute_notebook(str(path), str(out), kernel_name="python3", cwd=tmp, progress_bar=False,
-                                           execution_timeout=timeout, coalesce_streams=True)  # fmt: skip
+                papermill.execute_notebook(
+                    str(path),
+                    str(out),
+                    kernel_name="python3",
+                    cwd=tmp,
+                    progress_bar=False,
+                    execution_timeout=timeout,
+                    coalesce_streams=True,
+                )
                 nb = clean(nbformat.read(out, as_version=4))
                 nbformat.write(nb, path)
         finally:

@@ -72,8 +72,9 @@ def read_grid(path: Path) -> tuple[dict[str, list[Any]], list[dict[str, Any]]]:
     return data, points
 
 
-def point_parameters(plan: dict[str, dict[str, Any]], notebooks: Sequence[Notebook],
-                     point: dict[str, Any]) -> dict[str, dict[str, Any]]:  # fmt: skip
+def point_parameters(
+    plan: dict[str, dict[str, Any]], notebooks: Sequence[Notebook], point: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
     """The batch's parameters with ``point``'s values put into every notebook that declares them."""
     out = {name: dict(values) for name, values in plan.items()}
     for nb in notebooks:
@@ -83,29 +84,56 @@ def point_parameters(plan: dict[str, dict[str, Any]], notebooks: Sequence[Notebo
     return out
 
 
-def run_point(index: int, point: dict[str, Any], notebooks_dir: str, only: list[str], parameters: dict[str, Any],
-              config: dict[str, Any], out_base: str, grid_run_id: str, cell_timeout: float | None,
-              cwd: str) -> dict[str, Any]:  # fmt: skip
+def run_point(
+    index: int,
+    point: dict[str, Any],
+    notebooks_dir: str,
+    only: list[str],
+    parameters: dict[str, Any],
+    config: dict[str, Any],
+    out_base: str,
+    grid_run_id: str,
+    cell_timeout: float | None,
+    cwd: str,
+) -> dict[str, Any]:
     """One batch, in a Dask worker: its result as a row, failed or not (never raises)."""
     from mnistops.config import build_config
     from mnistops.runner import batch
     from mnistops.runner.notebooks import discover
 
     t0 = time.perf_counter()
-    row: dict[str, Any] = {"point": index, "params": point, "status": "FAILED", "run_id": None, "error": None,
-                           "out_dir": None, "training_run_id": None, "metrics": {}}  # fmt: skip
+    row: dict[str, Any] = {
+        "point": index,
+        "params": point,
+        "status": "FAILED",
+        "run_id": None,
+        "error": None,
+        "out_dir": None,
+        "training_run_id": None,
+        "metrics": {},
+    }
     try:
         notebooks = discover(Path(notebooks_dir), only or None)
         cfg = build_config(config)
-        tags = {"mlflow.parentRunId": grid_run_id, GRID_TAG: grid_run_id, POINT_TAG: str(index),
-                "mlflow.runName": f"grid-{index}"}  # fmt: skip
+        tags = {
+            "mlflow.parentRunId": grid_run_id,
+            GRID_TAG: grid_run_id,
+            POINT_TAG: str(index),
+            "mlflow.runName": f"grid-{index}",
+        }
         try:
-            result = batch.run_batch(notebooks, parameters, cfg, Path(out_base), None, cell_timeout, cwd=Path(cwd),
-                                     extra_tags=tags)  # fmt: skip
+            result = batch.run_batch(
+                notebooks, parameters, cfg, Path(out_base), None, cell_timeout, cwd=Path(cwd), extra_tags=tags
+            )
         except batch.BatchFailed as exc:
             result, row["error"] = exc.result, str(exc)
-        row.update(status=result.status, run_id=result.run_id, out_dir=result.out_dir,
-                   training_run_id=result.training_run_id, metrics=result.training_metrics)  # fmt: skip
+        row.update(
+            status=result.status,
+            run_id=result.run_id,
+            out_dir=result.out_dir,
+            training_run_id=result.training_run_id,
+            metrics=result.training_metrics,
+        )
     except Exception as exc:  # this point's failure is its own; the grid goes on
         row["error"] = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
     row["seconds"] = round(time.perf_counter() - t0, 3)
@@ -143,8 +171,11 @@ def run_grid(
     config = {**cfg.to_dict(), "tracking": {**cfg.to_dict()["tracking"], "uri": uri}}
     t0 = time.perf_counter()
     with cluster.connect(workers, scheduler) as dask:
-        tags = {"mnistops.run_type": "notebook_grid", "mnistops.notebooks": ",".join(nb.name for nb in notebooks),
-                "mlflow.runName": cfg.tracking.run_name or "notebook-grid"}  # fmt: skip
+        tags = {
+            "mnistops.run_type": "notebook_grid",
+            "mnistops.notebooks": ",".join(nb.name for nb in notebooks),
+            "mlflow.runName": cfg.tracking.run_name or "notebook-grid",
+        }
         with store.tracked_run(uri, cfg.tracking.experiment, tags["mlflow.runName"], tags) as run:
             grid_id = run.info.run_id
             result = GridResult(grid_id, "RUNNING", uri, dask.workers, "local" if dask.local else dask.address)
@@ -183,13 +214,21 @@ def run_grid(
                 mlflow.log_dict({"points": result.points}, "grid/points.json")
             failed = [r for r in result.points if r["status"] != "FINISHED"]
             result.seconds = round(time.perf_counter() - t0, 3)
-            mlflow.log_metrics({"points_finished": len(points) - len(failed), "points_failed": len(failed),
-                                "time_total_s": result.seconds})  # fmt: skip
+            mlflow.log_metrics(
+                {
+                    "points_finished": len(points) - len(failed),
+                    "points_failed": len(failed),
+                    "time_total_s": result.seconds,
+                }
+            )
             if failed:
                 result.status = "FAILED"
                 first = failed[0]
-                raise GridFailed(f"{len(failed)} of {len(points)} grid points failed; point {first['point']} "
-                                 f"({describe(first['params'])}): {first['error']}", result)  # fmt: skip
+                raise GridFailed(
+                    f"{len(failed)} of {len(points)} grid points failed; point {first['point']} "
+                    f"({describe(first['params'])}): {first['error']}",
+                    result,
+                )
             result.status = "FINISHED"
     return result
 
@@ -201,9 +240,17 @@ def _row(fut: Any, index: int, point: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:
         from mnistops.cluster import task_failure
 
-        return {"point": index, "params": point, "status": "FAILED", "run_id": None, "error": task_failure(exc),
-                "out_dir": None,
-                "training_run_id": None, "metrics": {}, "seconds": 0.0}  # fmt: skip
+        return {
+            "point": index,
+            "params": point,
+            "status": "FAILED",
+            "run_id": None,
+            "error": task_failure(exc),
+            "out_dir": None,
+            "training_run_id": None,
+            "metrics": {},
+            "seconds": 0.0,
+        }
 
 
 def describe(point: dict[str, Any]) -> str:

@@ -107,8 +107,9 @@ def parse_parameters(source: str) -> dict[str, Parameter]:
             continue
         g = match.groupdict()
         type_name = str(g["annotation"] or g["type_comment"] or "any").strip()
-        params[g["target"].strip()] = Parameter(g["target"].strip(), type_name, str(g["value"]).strip(),
-                                                str(g["help"] or "").strip())  # fmt: skip
+        params[g["target"].strip()] = Parameter(
+            g["target"].strip(), type_name, str(g["value"]).strip(), str(g["help"] or "").strip()
+        )
     return params
 
 

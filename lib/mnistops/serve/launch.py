@@ -79,12 +79,24 @@ def run(cfg: Config, tracking_uri: str) -> None:
     # Several worker processes build the app from the environment, and sum their metrics.
     from mnistops import processes
 
-    os.environ["MNISTOPS_SERVE"] = json.dumps({"serve": s.model_dump(mode="json"), "tracking_uri": tracking_uri,
-                                               "registered_model": cfg.tracking.registered_model})  # fmt: skip
+    os.environ["MNISTOPS_SERVE"] = json.dumps(
+        {
+            "serve": s.model_dump(mode="json"),
+            "tracking_uri": tracking_uri,
+            "registered_model": cfg.tracking.registered_model,
+        }
+    )
     with processes.temporary_directory("prometheus") as metrics_dir:  # removed when the server stops
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-        uvicorn.run("mnistops.serve.app:from_environment", factory=True, host=s.host, port=s.port,
-                    workers=s.workers, log_level="warning", access_log=False)  # fmt: skip
+        uvicorn.run(
+            "mnistops.serve.app:from_environment",
+            factory=True,
+            host=s.host,
+            port=s.port,
+            workers=s.workers,
+            log_level="warning",
+            access_log=False,
+        )
 
 
 def _stopped(signum: int, frame: object) -> None:
@@ -153,8 +165,14 @@ class Server:
         return int(self.process.returncode)
 
 
-def start(args: list[str] | None = None, port: int | None = None, env: dict[str, str] | None = None,
-          cwd: Path | None = None, timeout: float = 120, log: Path | None = None) -> Server:  # fmt: skip
+def start(
+    args: list[str] | None = None,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120,
+    log: Path | None = None,
+) -> Server:
     """``mnistops serve ARGS`` on 127.0.0.1 and a free port, once ``/health`` answers (see
     :func:`wait_ready` for a model). Its output goes to ``log`` (default: a temporary file removed
     when the server stops cleanly).
@@ -172,8 +190,11 @@ def start(args: list[str] | None = None, port: int | None = None, env: dict[str,
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "mnistops", "serve", "--host", "127.0.0.1", "--port", str(port), *(args or [])],
-            cwd=cwd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     server = Server(process, f"http://127.0.0.1:{port}", log, own_log)
     atexit.register(server.stop)  # a notebook's kernel that ends (or fails) takes its server with it
     deadline = time.monotonic() + timeout

@@ -45,15 +45,35 @@ log = logging.getLogger(__name__)
 
 
 # What a trial imports: a local cluster's workers start with them loaded (see cluster.connect).
-TRIAL_MODULES = ("numpy", "pandas", "mlflow", "mlflow.pyfunc", "sklearn.ensemble", "sklearn.metrics",
-                 "sklearn.model_selection", "sklearn.decomposition", "scipy.stats", "threadpoolctl",
-                 "matplotlib.figure", "matplotlib.backends.backend_agg", "mnistops.pipeline", "mnistops.sweep.trial",
-                 "mnistops.evaluate.plots", "mnistops.evaluate.metrics", "mnistops.monitor.reference",
-                 "mnistops.train.models", "mnistops.data.split", "mnistops.data.validate",
-                 # what opening an SQL store imports (a second, cold, in every worker otherwise)
-                 "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store",
-                 "alembic.command", "alembic.runtime.migration", "sqlalchemy.dialects.sqlite",
-                 "mnistops.tracking.orphans")  # fmt: skip
+TRIAL_MODULES = (
+    "numpy",
+    "pandas",
+    "mlflow",
+    "mlflow.pyfunc",
+    "sklearn.ensemble",
+    "sklearn.metrics",
+    "sklearn.model_selection",
+    "sklearn.decomposition",
+    "scipy.stats",
+    "threadpoolctl",
+    "matplotlib.figure",
+    "matplotlib.backends.backend_agg",
+    "mnistops.pipeline",
+    "mnistops.sweep.trial",
+    "mnistops.evaluate.plots",
+    "mnistops.evaluate.metrics",
+    "mnistops.monitor.reference",
+    "mnistops.train.models",
+    "mnistops.data.split",
+    "mnistops.data.validate",
+    # what opening an SQL store imports (a second, cold, in every worker otherwise)
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store",
+    "alembic.command",
+    "alembic.runtime.migration",
+    "sqlalchemy.dialects.sqlite",
+    "mnistops.tracking.orphans",
+)
 
 
 class SweepError(MnistopsError, RuntimeError):
@@ -144,8 +164,10 @@ def sweep(
     if trial_cores is not None:
         have = len(cluster.cpus())
         if trial_cores < 1 or (scheduler is None and trial_cores > have):
-            raise MnistopsError(f"--trial-cores {trial_cores}: give 1 to {have} (this machine's cores), "
-                                "or leave it out to share the cores among the workers")  # fmt: skip
+            raise MnistopsError(
+                f"--trial-cores {trial_cores}: give 1 to {have} (this machine's cores), "
+                "or leave it out to share the cores among the workers"
+            )
     base = trial_config(cfg, space)
     for corner in (0, -1):  # the whole config, at both ends of every range, before anything starts
         values = {name: p.bounds()[corner] for name, p in space.params.items()}
@@ -164,13 +186,23 @@ def sweep(
             with store.tracked_run(uri, cfg.tracking.experiment, tags["mlflow.runName"], tags) as run:
                 parent = run.info.run_id
                 opened.append(parent)
-                result = SweepResult(parent, uri, cfg.tracking.experiment, space.model, space.metric,
-                                     str(space.direction), type(study_sampler).__name__, cfg.seed, dask.workers,
-                                     dask.address if not dask.local else "local",
-                                     trial_cores=trial_cores)  # fmt: skip
+                result = SweepResult(
+                    parent,
+                    uri,
+                    cfg.tracking.experiment,
+                    space.model,
+                    space.metric,
+                    str(space.direction),
+                    type(study_sampler).__name__,
+                    cfg.seed,
+                    dask.workers,
+                    dask.address if not dask.local else "local",
+                    trial_cores=trial_cores,
+                )
                 _log_parent_inputs(cfg, space, result, n_trials)
-                study = optuna.create_study(direction=space.direction, sampler=study_sampler,
-                                            study_name=f"mnistops-sweep-{parent}")  # fmt: skip
+                study = optuna.create_study(
+                    direction=space.direction, sampler=study_sampler, study_name=f"mnistops-sweep-{parent}"
+                )
                 try:
                     _run_trials(dask, study, space, base, n_trials, uri, parent, result, on_trial)
                 finally:
@@ -194,8 +226,17 @@ def sweep(
     return result
 
 
-def _run_trials(dask: Any, study: Any, space: Space, base: dict[str, Any], n_trials: int, uri: str, parent: str,
-                result: SweepResult, on_trial: Callable[[dict[str, Any]], None] | None) -> None:  # fmt: skip
+def _run_trials(
+    dask: Any,
+    study: Any,
+    space: Space,
+    base: dict[str, Any],
+    n_trials: int,
+    uri: str,
+    parent: str,
+    result: SweepResult,
+    on_trial: Callable[[dict[str, Any]], None] | None,
+) -> None:
     """One trial per worker at a time, K more asked for ahead; told to Optuna in trial order.
 
     Trial ``n + 2K`` (K workers) is asked for once trials ``0..n`` are told, whatever order they
@@ -283,8 +324,12 @@ def _tell(study: Any, trial: Any, out: TrialOutcome, space: Space, uri: str, par
         if out.run_id is None:  # the worker died: its run, if it got that far, is the trial's record
             # (ended above, or already by another process's orphan sweep: see mnistops.tracking.orphans)
             exp = c.get_run(parent).info.experiment_id
-            found = stale or [r.info.run_id for r in c.search_runs(
-                [exp], f"tags.`mlflow.parentRunId` = '{parent}' and tags.`{TRIAL_TAG}` = '{number}'")]  # fmt: skip
+            found = stale or [
+                r.info.run_id
+                for r in c.search_runs(
+                    [exp], f"tags.`mlflow.parentRunId` = '{parent}' and tags.`{TRIAL_TAG}` = '{number}'"
+                )
+            ]
             out.run_id = found[0] if found else _failed_run(c, parent, number, trial.params)
         c.set_tag(out.run_id, "mnistops.sweep.error", out.error or "")
     trial.set_user_attr("mlflow_run_id", out.run_id)
@@ -292,18 +337,28 @@ def _tell(study: Any, trial: Any, out: TrialOutcome, space: Space, uri: str, par
         study.tell(trial, out.value)
     else:
         study.tell(trial, state=TrialState.FAIL)
-    trial_row = {"number": number, "state": "COMPLETE" if ok else "FAIL", "value": out.value,
-                 "params": dict(trial.params), "run_id": out.run_id, "seconds": out.seconds, "worker": out.worker,
-                 "data_reused": out.data_reused, "error": out.error}  # fmt: skip
+    trial_row = {
+        "number": number,
+        "state": "COMPLETE" if ok else "FAIL",
+        "value": out.value,
+        "params": dict(trial.params),
+        "run_id": out.run_id,
+        "seconds": out.seconds,
+        "worker": out.worker,
+        "data_reused": out.data_reused,
+        "error": out.error,
+    }
     return trial_row
 
 
 def _failed_run(c: Any, parent: str, number: int, params: dict[str, Any]) -> str:
     """The record of a trial that failed before its run started (its worker died early, say)."""
     exp = c.get_run(parent).info.experiment_id
-    run = c.create_run(exp, run_name=f"trial-{number}",
-                       tags={"mlflow.parentRunId": parent, SWEEP_TAG: parent, TRIAL_TAG: str(number),
-                             "mnistops.run_type": "train"})  # fmt: skip
+    run = c.create_run(
+        exp,
+        run_name=f"trial-{number}",
+        tags={"mlflow.parentRunId": parent, SWEEP_TAG: parent, TRIAL_TAG: str(number), "mnistops.run_type": "train"},
+    )
     for name, value in params.items():
         c.log_param(run.info.run_id, f"model.params.{name}", value)
     c.set_terminated(run.info.run_id, "FAILED")
@@ -373,8 +428,13 @@ def _finish(cfg: Config, uri: str, parent: str, result: SweepResult, promote: bo
     c.set_tag(best["run_id"], "mnistops.model_version", version)
     c.set_tag(best["run_id"], "mnistops.registered_model", name)
     result.model_version = version
-    mlflow.set_tags({"mnistops.sweep.best_trial": str(best["number"]), "mnistops.sweep.best_run_id": best["run_id"],
-                     "mnistops.model_version": version})  # fmt: skip
+    mlflow.set_tags(
+        {
+            "mnistops.sweep.best_trial": str(best["number"]),
+            "mnistops.sweep.best_run_id": best["run_id"],
+            "mnistops.model_version": version,
+        }
+    )
     mlflow.log_metric(f"best_{result.metric}_final", float(best["value"]))
     if promote:
         decision = registry.promote(uri, best["run_id"], cfg.gate, name)

@@ -164,12 +164,14 @@ def check_against_model(space: Space, path: Path | str) -> None:
 
             close = difflib.get_close_matches(name, accepted, n=1, cutoff=0.6)
             hint = f"did you mean {close[0]}? " if close else ""
-            raise ConfigError(f"search space {path}: {space.model} has no parameter {name!r}: {hint}"
-                              f"it accepts {', '.join(accepted)}")  # fmt: skip
+            raise ConfigError(
+                f"search space {path}: {space.model} has no parameter {name!r}: {hint}it accepts {', '.join(accepted)}"
+            )
         for value in p.bounds():
             try:
                 model.model_validate({name: value})
             except ValidationError as exc:
                 msg = exc.errors()[0]["msg"]
-                raise ConfigError(f"search space {path}: params.{name}: {space.model} refuses {value!r} "
-                                  f"({msg}): narrow the range") from None  # fmt: skip
+                raise ConfigError(
+                    f"search space {path}: params.{name}: {space.model} refuses {value!r} ({msg}): narrow the range"
+                ) from None

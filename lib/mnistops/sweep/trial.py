@@ -44,8 +44,16 @@ class TrialOutcome:
         return asdict(self)
 
 
-def run_trial(number: int, config: dict[str, Any], params: dict[str, Any], metric: str, sweep_run_id: str,
-              uri: str, placement: dict[str, list[str]], cores: int | None = None) -> TrialOutcome:  # fmt: skip
+def run_trial(
+    number: int,
+    config: dict[str, Any],
+    params: dict[str, Any],
+    metric: str,
+    sweep_run_id: str,
+    uri: str,
+    placement: dict[str, list[str]],
+    cores: int | None = None,
+) -> TrialOutcome:
     """Train the config with ``params`` set as model parameters, as a child run of the sweep, on
     this worker's share of its host's cores (``cores``, or the host's divided among its workers:
     see :func:`mnistops.cluster.confined`)."""
@@ -68,8 +76,9 @@ def run_trial(number: int, config: dict[str, Any], params: dict[str, Any], metri
     return outcome
 
 
-def _train(outcome: TrialOutcome, config: dict[str, Any], params: dict[str, Any], sweep_run_id: str, uri: str,
-           n_cores: int) -> None:  # fmt: skip
+def _train(
+    outcome: TrialOutcome, config: dict[str, Any], params: dict[str, Any], sweep_run_id: str, uri: str, n_cores: int
+) -> None:
     from mnistops.cluster import cpus
     from mnistops.config import build_config
     from mnistops.pipeline import data_key, train
@@ -82,10 +91,15 @@ def _train(outcome: TrialOutcome, config: dict[str, Any], params: dict[str, Any]
     data["tracking"] = {**data.get("tracking", {}), "uri": uri, "run_name": f"trial-{outcome.number}"}
     cfg = build_config(data)
     outcome.data_reused = data_key(cfg) in _DATA
-    tags = {"mlflow.parentRunId": sweep_run_id, SWEEP_TAG: sweep_run_id, TRIAL_TAG: str(outcome.number),
-            "mnistops.sweep.worker": outcome.worker, "mnistops.sweep.cores": str(n_cores),
-            "mnistops.sweep.cpus": ",".join(map(str, cpus())),
-            "mnistops.sweep.data_reused": str(outcome.data_reused).lower()}  # fmt: skip
+    tags = {
+        "mlflow.parentRunId": sweep_run_id,
+        SWEEP_TAG: sweep_run_id,
+        TRIAL_TAG: str(outcome.number),
+        "mnistops.sweep.worker": outcome.worker,
+        "mnistops.sweep.cores": str(n_cores),
+        "mnistops.sweep.cpus": ",".join(map(str, cpus())),
+        "mnistops.sweep.data_reused": str(outcome.data_reused).lower(),
+    }
     # MLflow's own temporary folders (a model staged for logging, say) go in a folder named after
     # this worker, so that a worker killed mid-trial leaves nothing the next command does not sweep.
     with processes.temporary_directory("trial") as tmp:

@@ -51,8 +51,11 @@ def reap(uri: str) -> list[str]:
         if processes.alive(pid, started):
             continue
         when = time.strftime("%Y-%m-%d %H:%M:%S")
-        c.set_tag(run.info.run_id, ENDED_BY, f"process {pid} on {host} ended without ending the run; "
-                                            f"marked FAILED at {when} by process {os.getpid()}")  # fmt: skip
+        c.set_tag(
+            run.info.run_id,
+            ENDED_BY,
+            f"process {pid} on {host} ended without ending the run; marked FAILED at {when} by process {os.getpid()}",
+        )
         c.set_terminated(run.info.run_id, "FAILED")
         ended.append(run.info.run_id)
         log.warning("run %s was left RUNNING by process %d, which is gone: marked FAILED", run.info.run_id, pid)

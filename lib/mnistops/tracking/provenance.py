@@ -104,8 +104,9 @@ def _normalise(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
 
 
-def package_versions(names: tuple[str, ...] = KEY_PACKAGES, dists: dict[str, tuple[str, str]] | None = None
-                     ) -> dict[str, str]:  # fmt: skip
+def package_versions(
+    names: tuple[str, ...] = KEY_PACKAGES, dists: dict[str, tuple[str, str]] | None = None
+) -> dict[str, str]:
     """Installed versions of ``names`` (absent packages are left out)."""
     dists = installed() if dists is None else dists
     return {n: dists[_normalise(n)][1] for n in names if _normalise(n) in dists}

@@ -27,8 +27,9 @@ def find_cached(uri: str, experiment: str, key: dict[str, str]) -> Any | None:
         return None
     clauses = [f"tags.`{k}` = '{v}'" for k, v in key.items()]
     clauses.append("attributes.status = 'FINISHED'")
-    runs = c.search_runs([exp.experiment_id], " and ".join(clauses), order_by=["attributes.start_time DESC"],
-                         max_results=5)  # fmt: skip
+    runs = c.search_runs(
+        [exp.experiment_id], " and ".join(clauses), order_by=["attributes.start_time DESC"], max_results=5
+    )
     for run in runs:
         if "mnistops.reproduction_of" not in run.data.tags:
             return run
@@ -56,22 +57,33 @@ def list_runs(uri: str, experiment: str, model_name: str, limit: int = 20) -> li
     rows = []
     for run in c.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=limit):
         p, m, t = run.data.params, run.data.metrics, run.data.tags
-        key_params = {k.removeprefix("model.params."): v for k, v in p.items()
-                      if k in ("model.params.n_estimators", "model.params.max_depth", "model.params.max_iter",
-                               "model.params.epochs", "model.params.C")}  # fmt: skip
-        rows.append({
-            "run_id": run.info.run_id,
-            "started": datetime.fromtimestamp(run.info.start_time / 1000, UTC).isoformat(timespec="seconds"),
-            "status": run.info.status,
-            "model": kind if (kind := t.get("mnistops.run_type", "train")) != "train" else p.get("model.name", ""),
-            "params": key_params,
-            "accuracy": m.get("accuracy"),
-            "f1_macro": m.get("f1_macro"),
-            "data": t.get("mnistops.data_fingerprint", "")[:12],
-            "champion": run.info.run_id == champion_run,
-            "reproduction_of": t.get("mnistops.reproduction_of"),
-            "ended_by": t.get("mnistops.ended_by"),
-        })  # fmt: skip
+        key_params = {
+            k.removeprefix("model.params."): v
+            for k, v in p.items()
+            if k
+            in (
+                "model.params.n_estimators",
+                "model.params.max_depth",
+                "model.params.max_iter",
+                "model.params.epochs",
+                "model.params.C",
+            )
+        }
+        rows.append(
+            {
+                "run_id": run.info.run_id,
+                "started": datetime.fromtimestamp(run.info.start_time / 1000, UTC).isoformat(timespec="seconds"),
+                "status": run.info.status,
+                "model": kind if (kind := t.get("mnistops.run_type", "train")) != "train" else p.get("model.name", ""),
+                "params": key_params,
+                "accuracy": m.get("accuracy"),
+                "f1_macro": m.get("f1_macro"),
+                "data": t.get("mnistops.data_fingerprint", "")[:12],
+                "champion": run.info.run_id == champion_run,
+                "reproduction_of": t.get("mnistops.reproduction_of"),
+                "ended_by": t.get("mnistops.ended_by"),
+            }
+        )
     return rows
 
 
@@ -81,8 +93,9 @@ def compare_runs(uri: str, run_a: str, run_b: str) -> dict[str, Any]:
     pa, pb = a.data.params, b.data.params
     params = {k: {"a": pa.get(k), "b": pb.get(k)} for k in sorted(set(pa) | set(pb)) if pa.get(k) != pb.get(k)}
     ma, mb = a.data.metrics, b.data.metrics
-    metrics = {k: {"a": ma[k], "b": mb[k], "delta": mb[k] - ma[k]} for k in sorted(set(ma) & set(mb))
-               if not is_timing(k)}  # fmt: skip
+    metrics = {
+        k: {"a": ma[k], "b": mb[k], "delta": mb[k] - ma[k]} for k in sorted(set(ma) & set(mb)) if not is_timing(k)
+    }
     ta, tb = a.data.tags, b.data.tags
 
     def same(key: str) -> dict[str, Any]:
@@ -133,8 +146,9 @@ def artifact_bytes(uri: str, run_id: str, path: str) -> bytes:
 
     with processes.temporary_directory("artifact") as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp,
-                                                        tracking_uri=uri)  # fmt: skip
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=path, dst_path=tmp, tracking_uri=uri
+            )
         except Exception:
             raise RunNotFoundError(f"run {run_id} has no artifact {path}") from None
         with open(local, "rb") as f:

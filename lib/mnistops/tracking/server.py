@@ -56,9 +56,23 @@ class ServerPlan:
 
     def command(self) -> list[str]:
         """The ``mlflow server`` command line."""
-        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend,
-               "--artifacts-destination", str(self.artifacts), "--serve-artifacts",
-               "--host", self.host, "--port", str(self.port), "--workers", str(self.workers)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            self.backend,
+            "--artifacts-destination",
+            str(self.artifacts),
+            "--serve-artifacts",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+        ]
         if self.auth:
             cmd += ["--app-name", "basic-auth"]
         return cmd
@@ -72,8 +86,16 @@ def default_auth_db(backend: str) -> str:
     return backend
 
 
-def plan(backend: str, artifacts: Path | None, host: str, port: int, auth: bool, auth_db: str | None = None,
-         workers: int = 2, timeout: float = 5.0) -> ServerPlan:  # fmt: skip
+def plan(
+    backend: str,
+    artifacts: Path | None,
+    host: str,
+    port: int,
+    auth: bool,
+    auth_db: str | None = None,
+    workers: int = 2,
+    timeout: float = 5.0,
+) -> ServerPlan:
     """Check everything the server needs, in seconds, and say what will run; one-line errors.
 
     Raises:
@@ -84,8 +106,10 @@ def plan(backend: str, artifacts: Path | None, host: str, port: int, auth: bool,
     backend = store.absolute_uri(backend)
     scheme = urlparse(backend).scheme
     if scheme in ("http", "https", "file", ""):
-        raise ConfigError(f"--backend {backend}: give a database (postgresql://USER@HOST:PORT/DB or "
-                          "sqlite:///PATH), not a server or a folder")  # fmt: skip
+        raise ConfigError(
+            f"--backend {backend}: give a database (postgresql://USER@HOST:PORT/DB or "
+            "sqlite:///PATH), not a server or a folder"
+        )
     store.check_store(backend, create=True, timeout=timeout)
     if artifacts is None:
         sqlite = store.sqlite_path(backend)
@@ -101,16 +125,22 @@ def plan(backend: str, artifacts: Path | None, host: str, port: int, auth: bool,
         except ImportError:
             raise MissingExtraError("--auth needs Flask-WTF: pip install 'mnistops[auth]'") from None
         if not os.environ.get(SECRET_ENV):
-            raise ConfigError(f"--auth: set {SECRET_ENV} to a secret string (the same on every server of the "
-                              "team; it protects the login forms)")  # fmt: skip
+            raise ConfigError(
+                f"--auth: set {SECRET_ENV} to a secret string (the same on every server of the "
+                "team; it protects the login forms)"
+            )
         db = store.absolute_uri(auth_db or default_auth_db(backend))
         if not os.environ.get(ADMIN_PASSWORD_ENV) and not _has_users(db):
-            raise ConfigError(f"--auth: set {ADMIN_PASSWORD_ENV} to the first admin's password (user "
-                              f"{os.environ.get(ADMIN_USER_ENV, 'admin')}); it is read once, when {db} "
-                              "has no users yet")  # fmt: skip
+            raise ConfigError(
+                f"--auth: set {ADMIN_PASSWORD_ENV} to the first admin's password (user "
+                f"{os.environ.get(ADMIN_USER_ENV, 'admin')}); it is read once, when {db} "
+                "has no users yet"
+            )
         if 0 < len(os.environ.get(ADMIN_PASSWORD_ENV, "")) < 12:
-            raise ConfigError(f"--auth: {ADMIN_PASSWORD_ENV} is shorter than the 12 characters MLflow asks of a "
-                              "password: choose a longer one")  # fmt: skip
+            raise ConfigError(
+                f"--auth: {ADMIN_PASSWORD_ENV} is shorter than the 12 characters MLflow asks of a "
+                "password: choose a longer one"
+            )
     return ServerPlan(backend, artifacts, host, port, auth, db, workers)
 
 
@@ -120,8 +150,10 @@ def _check_port(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port} ({(exc.strerror or str(exc)).lower()}): "
-                              "pass another --port, or stop what uses it") from None  # fmt: skip
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({(exc.strerror or str(exc)).lower()}): "
+                "pass another --port, or stop what uses it"
+            ) from None
 
 
 def _has_users(db: str) -> bool:
@@ -164,8 +196,9 @@ def wait_ready(uri: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise TrackingError(f"mlflow server exited with code {proc.returncode} before it answered; "
-                                "see its output above")  # fmt: skip
+            raise TrackingError(
+                f"mlflow server exited with code {proc.returncode} before it answered; see its output above"
+            )
         with contextlib.suppress(requests.RequestException):
             if requests.get(uri + "/health", timeout=2).status_code == 200:
                 return

@@ -262,8 +262,12 @@ def _open(uri: str) -> None:
 
 # What a store says when another writer inserted the same unique row first: SQLite, PostgreSQL
 # (psycopg 2 and 3), MySQL; over HTTP a tracking server passes its database's words on.
-_LOST_RACE = ("UNIQUE constraint failed", "duplicate key value violates unique constraint", "UniqueViolation",
-              "Duplicate entry")  # fmt: skip
+_LOST_RACE = (
+    "UNIQUE constraint failed",
+    "duplicate key value violates unique constraint",
+    "UniqueViolation",
+    "Duplicate entry",
+)
 
 
 def lost_insert_race(exc: BaseException) -> bool:
@@ -411,8 +415,9 @@ class RunLog:
 
 
 @contextlib.contextmanager
-def tracked_run(uri: str, experiment: str, run_name: str | None, tags: dict[str, str],
-                run_log: RunLog | None = None) -> Iterator[Any]:  # fmt: skip
+def tracked_run(
+    uri: str, experiment: str, run_name: str | None, tags: dict[str, str], run_log: RunLog | None = None
+) -> Iterator[Any]:
     """Start a run and make sure it ends: FINISHED, FAILED (exception) or KILLED (signal).
 
     The run's log records (logger ``mnistops``) go to ``run.log``, uploaded at the end: those of

@@ -57,11 +57,13 @@ def device_tags(device: torch.device) -> dict[str, str]:
     """What a run records of the device it trained on."""
     tags = {"mnistops.device": device.type, "mnistops.torch": torch.__version__}
     if device.type == "cuda":
-        tags.update({
-            "mnistops.device.name": torch.cuda.get_device_name(device),
-            "mnistops.device.cuda": str(torch.version.cuda),
-            "mnistops.device.cudnn": str(torch.backends.cudnn.version()),
-        })  # fmt: skip
+        tags.update(
+            {
+                "mnistops.device.name": torch.cuda.get_device_name(device),
+                "mnistops.device.cuda": str(torch.version.cuda),
+                "mnistops.device.cudnn": str(torch.backends.cudnn.version()),
+            }
+        )
     return tags
 
 
@@ -181,8 +183,11 @@ class TorchCNN:
             task.close()
             total_loss = float(total_loss)
             val_acc = float((self._proba(xs[val_idx]).argmax(1) == ys[val_idx].cpu().numpy()).mean())
-            stats = {"train_loss": total_loss / len(tr_idx), "val_accuracy": val_acc,
-                     "epoch_time_s": time.perf_counter() - t0}  # fmt: skip
+            stats = {
+                "train_loss": total_loss / len(tr_idx),
+                "val_accuracy": val_acc,
+                "epoch_time_s": time.perf_counter() - t0,
+            }
             self.history.append(stats)
             log.info("epoch %d: loss %.4f, val accuracy %.4f, %.1f s", epoch, *stats.values())
             if on_epoch is not None:
@@ -216,6 +221,14 @@ class TorchCNN:
         """``model.pt`` (weights only, CPU tensors) and ``meta.json`` (kind, recipe) for the pyfunc model."""
         directory.mkdir(parents=True, exist_ok=True)
         torch.save(self.state_dict(), directory / "model.pt")
-        (directory / "meta.json").write_text(json.dumps(
-            {"format": MODEL_FORMAT, "kind": self.kind, "name": self.name, "file": "model.pt", "params": self.params}
-        ))  # fmt: skip
+        (directory / "meta.json").write_text(
+            json.dumps(
+                {
+                    "format": MODEL_FORMAT,
+                    "kind": self.kind,
+                    "name": self.name,
+                    "file": "model.pt",
+                    "params": self.params,
+                }
+            )
+        )

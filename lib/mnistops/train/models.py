@@ -305,8 +305,9 @@ class _Votes:
         return self.sum / self.n_trees
 
 
-def _score_and_pack(trees: list[Any], held_out: _Votes | None, labels: np.ndarray,
-                    classes: np.ndarray) -> tuple[bytes, dict[str, float]]:  # fmt: skip
+def _score_and_pack(
+    trees: list[Any], held_out: _Votes | None, labels: np.ndarray, classes: np.ndarray
+) -> tuple[bytes, dict[str, float]]:
     """Add a batch of fitted trees' votes on the held-out rows (and report the accuracy of the
     forest so far), then pack the batch: the bytes of a joblib file, zlib level 3."""
     import joblib
@@ -322,8 +323,9 @@ def _score_and_pack(trees: list[Any], held_out: _Votes | None, labels: np.ndarra
     return buf.getvalue(), values
 
 
-def _report(packed: list[Future[tuple[bytes, dict[str, float]]]], reported: int,
-            on_epoch: EpochCallback | None, wait: bool) -> int:  # fmt: skip
+def _report(
+    packed: list[Future[tuple[bytes, dict[str, float]]]], reported: int, on_epoch: EpochCallback | None, wait: bool
+) -> int:
     """Pass finished batches' held-out scores to ``on_epoch``, in order; return how many are."""
     while reported < len(packed) and (wait or packed[reported].done()):
         values = packed[reported].result()[1]

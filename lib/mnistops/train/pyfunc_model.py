@@ -52,8 +52,9 @@ def to_features(model_input: Any) -> np.ndarray:
         raise ValueError("pixels must be finite numbers: the input holds NaN or infinity")
     lo, hi = float(flat.min()), float(flat.max())
     if lo < 0.0 or hi > 1.0:
-        raise ValueError(f"float pixels must be in [0, 1], got {lo:g}..{hi:g}: divide 0..255 values by 255, "
-                         "or pass them as uint8")  # fmt: skip
+        raise ValueError(
+            f"float pixels must be in [0, 1], got {lo:g}..{hi:g}: divide 0..255 values by 255, or pass them as uint8"
+        )
     return flat.astype(np.float32, copy=False)
 
 
