@@ -7,8 +7,10 @@ too, and a session that collects both (``make test``) can import only one of the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -33,6 +35,21 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def peek_store(db: Path, query: str) -> tuple[object, ...] | None:
+    """The first row of ``query`` over the SQLite store ``db``, read-only; None when there is no
+    row, no file yet, no schema yet or the writer holds a lock. For polling a store that another
+    process is still creating: an MLflow client would run the migrations there too (both then
+    create the same tables, and one fails)."""
+    if not db.exists():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as conn:
+            row: tuple[object, ...] | None = conn.execute(query).fetchone()
+            return row
+    except sqlite3.Error:
+        return None
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:

@@ -20,7 +20,7 @@ import nbformat
 import psutil
 import pytest
 
-from support import CLOSED_MIRROR, read_store
+from support import CLOSED_MIRROR, peek_store, read_store
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
@@ -299,25 +299,10 @@ def _kernels_of(pid: int) -> list[psutil.Process]:
     return kernels
 
 
-def _a_child_run_is_running(work: Path) -> bool:
-    """Whether the store in ``work`` holds a RUNNING child run, read straight from SQLite, read-only:
-    an MLflow client here would migrate a store the batch is still creating (both then create the
-    same tables, and one fails)."""
-    import contextlib
-    import sqlite3
-
-    db = work / "mlflow.db"
-    if not db.exists():
-        return False
-    query = (
-        "SELECT 1 FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid"
-        " WHERE runs.status = 'RUNNING' AND tags.key = 'mlflow.parentRunId' LIMIT 1"
-    )
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
-            return conn.execute(query).fetchone() is not None
-    except sqlite3.OperationalError:  # the schema is not there yet, or the batch holds a write lock
-        return False
+RUNNING_CHILD = (
+    "SELECT 1 FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid"
+    " WHERE runs.status = 'RUNNING' AND tags.key = 'mlflow.parentRunId' LIMIT 1"
+)
 
 
 def test_sigterm_during_training_ends_every_run_killed_and_leaves_no_kernel(
@@ -347,7 +332,11 @@ def test_sigterm_during_training_ends_every_run_killed_and_leaves_no_kernel(
     )
     try:
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None and not _a_child_run_is_running(tmp_path):
+        while (
+            time.monotonic() < deadline
+            and proc.poll() is None
+            and peek_store(tmp_path / "mlflow.db", RUNNING_CHILD) is None
+        ):
             time.sleep(1.0)
         time.sleep(2.0)  # well inside the fit: 3,000 full-depth trees take many minutes
         kernels = _kernels_of(proc.pid)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from support import one_line_error, read_store, run_cli
+from support import one_line_error, peek_store, read_store, run_cli
 
 SPACE = """model: random_forest
 params:
@@ -52,18 +52,13 @@ print(json.dumps([{{"run_id": r.info.run_id, "status": r.info.status, "params": 
 
 def _running_trial_pid(db: Path) -> int | None:
     """The worker PID of a trial run that is RUNNING now, read straight from the store."""
-    if not db.exists():
-        return None
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            row = con.execute(
-                "select t.value from runs r join tags t on t.run_uuid = r.run_uuid join tags s on s.run_uuid = "
-                "r.run_uuid where r.status = 'RUNNING' and t.key = 'mnistops.owner.pid' and "
-                "s.key = 'mnistops.sweep.trial' limit 1"
-            ).fetchone()
-    except sqlite3.Error:
-        return None
-    return int(row[0]) if row else None
+    row = peek_store(
+        db,
+        "select t.value from runs r join tags t on t.run_uuid = r.run_uuid join tags s on s.run_uuid = "
+        "r.run_uuid where r.status = 'RUNNING' and t.key = 'mnistops.owner.pid' and "
+        "s.key = 'mnistops.sweep.trial' limit 1",
+    )
+    return int(str(row[0])) if row else None
 
 
 def test_a_worker_killed_mid_trial_leaves_every_trial_complete_or_failed_once(
