@@ -1,5 +1,5 @@
 """Helpers the tests import (``from support import ...``): the real CLI in a fresh process, its
-one-line errors, a store read back in a fresh process, folders shared by the xdist workers.
+one-line errors, a store read back, folders shared by the xdist workers.
 
 They live here, not in ``conftest.py``: ``notebooks/conftest.py`` is a module named ``conftest``
 too, and a session that collects both (``make test``) can import only one of them by that name.
@@ -14,11 +14,15 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 CLOSED_MIRROR = "http://127.0.0.1:9/"
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON_BIN = Path(sys.executable).parent
 
 
 def run_cli(
@@ -65,20 +69,46 @@ def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def read_store(uri: str, script: str) -> object:
-    """Run ``script`` (which must print JSON) in a fresh Python process against ``uri``."""
+def read_store(uri: str, script: str, fresh: bool = False) -> object:
+    """Run ``script`` (which must print JSON) against the store at ``uri``; what it printed last.
+
+    By default the script runs in this process, with ``MLFLOW_TRACKING_URI`` and MLflow's tracking
+    URI pointed at ``uri`` for its duration: MLflow's client reads a SQLite store or a server afresh
+    on every call (nothing is cached between calls), so this reads what the commands under test
+    wrote, as a fresh process would, without its two CPU-seconds of ``import mlflow``.
+    ``fresh=True`` runs it in a fresh Python process: for scripts that must not see this process's
+    modules (stock MLflow without mnistops) or that must be another process (a second writer).
+    """
+    import io
     import json
 
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    if fresh:
+        proc = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+            env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    import mlflow
+
+    before_env = os.environ.get("MLFLOW_TRACKING_URI")
+    before_uri = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    printed = io.StringIO()
+    mlflow.set_tracking_uri(uri)  # sets MLFLOW_TRACKING_URI too
+    try:
+        with contextlib.redirect_stdout(printed):
+            exec(compile(script, "<read_store>", "exec"), {"__name__": "read_store"})
+    finally:
+        mlflow.set_tracking_uri(before_uri)  # None: unset, as it was
+        if before_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before_env
+    return json.loads(printed.getvalue().strip().splitlines()[-1])
 
 
 def shared_folder(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
@@ -97,3 +127,61 @@ def shared_folder(tmp_path_factory: pytest.TempPathFactory, name: str, build: Ca
             build(folder)
             (folder / ".built").touch()
     return folder
+
+
+# Every run of a store with its status, tags, params, metrics and artifact paths.
+RUNS = """
+import json
+from mlflow.tracking import MlflowClient
+c = MlflowClient()
+out = []
+for e in c.search_experiments():
+    for r in c.search_runs([e.experiment_id]):
+        arts, todo = [], [None]
+        while todo:
+            for f in c.list_artifacts(r.info.run_id, todo.pop()):
+                (todo if f.is_dir else arts).append(f.path)
+        out.append({"id": r.info.run_id, "status": r.info.status, "tags": r.data.tags, "params": r.data.params,
+                    "metrics": r.data.metrics, "artifacts": sorted(arts)})
+print(json.dumps(out))
+"""
+
+
+def env_for(work: Path, session_cache: Path) -> dict[str, str]:
+    """The environment of a notebook batch or CLI run whose store is ``work/mlflow.db``."""
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+        "MNISTOPS_CACHE_DIR": str(session_cache),
+        "MNISTOPS_MIRRORS": CLOSED_MIRROR,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PATH": f"{PYTHON_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+
+
+def run_batch(work: Path, session_cache: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """``python run_notebooks.py --out work/outputs ARGS`` in ``work``, on the store there."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run_notebooks.py"), "--out", str(work / "outputs"), *args],
+        cwd=work,
+        env=env_for(work, session_cache),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def runs_in(work: Path) -> list[dict[str, Any]]:
+    """Every run of ``work/mlflow.db``, read back in a fresh process (see :data:`RUNS`)."""
+    return read_store(f"sqlite:///{work / 'mlflow.db'}", RUNS)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class SeedStore:
+    """The seed notebook's settings on real MNIST, trained by both front doors into one store."""
+
+    work: Path  # the folder of mlflow.db, mlruns/ and outputs/
+    batch: dict[str, Any]  # what `python run_notebooks.py --config configs/seed.yaml --json` printed
+    batch_runs: list[dict[str, Any]]  # the store's runs (runs_in) right after the batch
+    train: dict[str, Any]  # what `mnistops train --config configs/seed.yaml --force --json` printed then

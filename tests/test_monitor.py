@@ -15,23 +15,33 @@ from mnistops.errors import ConfigError, DataError, MnistopsError
 from mnistops.monitor import checks, reference, simulate
 from mnistops.monitor.features import FEATURES, image_features
 from mnistops.monitor.run import parse_duration, read_batch
+from support import shared_folder
 
 
 @pytest.fixture(scope="module")
-def watched(mnist: Dataset) -> dict[str, Any]:
-    """A forest trained on the stratified split's training rows, and its reference, as ``train`` makes it."""
-    from sklearn.ensemble import RandomForestClassifier
+def watched(mnist: Dataset, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A forest trained on the stratified split's training rows, and its reference, as ``train`` makes it.
 
-    from mnistops.data.split import make_split
+    Built once for the session, by whichever xdist worker asks first, and read back from a file by
+    the others (the forest takes about 20 s of CPU; its file loads in a fraction of a second)."""
+    import joblib
 
-    split = make_split(mnist, "stratified", 0.2, 42)
-    x_train, y_train = mnist.images[split.train], mnist.labels[split.train]
-    forest = RandomForestClassifier(40, max_depth=18, n_jobs=-1, random_state=0)
-    forest.fit(x_train.reshape(-1, 784) / 255, y_train)
-    x_test, y_test = mnist.images[split.test], mnist.labels[split.test]
-    profile = reference.input_profile(x_train, y_train, 42)
-    ref = reference.complete(profile, forest.predict_proba(x_test.reshape(-1, 784) / 255))
-    return {"forest": forest, "ref": ref, "images": x_test, "labels": y_test}
+    def build(folder: Path) -> None:
+        from sklearn.ensemble import RandomForestClassifier
+
+        from mnistops.data.split import make_split
+
+        split = make_split(mnist, "stratified", 0.2, 42)
+        x_train, y_train = mnist.images[split.train], mnist.labels[split.train]
+        forest = RandomForestClassifier(40, max_depth=18, n_jobs=-1, random_state=0)
+        forest.fit(x_train.reshape(-1, 784) / 255, y_train)
+        x_test, y_test = mnist.images[split.test], mnist.labels[split.test]
+        profile = reference.input_profile(x_train, y_train, 42)
+        ref = reference.complete(profile, forest.predict_proba(x_test.reshape(-1, 784) / 255))
+        joblib.dump({"forest": forest, "ref": ref, "images": x_test, "labels": y_test}, folder / "watched.joblib")
+
+    watched: dict[str, Any] = joblib.load(shared_folder(tmp_path_factory, "monitor-watched", build) / "watched.joblib")
+    return watched
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from mnistops import threadsafe_ast
 from mnistops.config import load_config
 from mnistops.errors import ConfigError, DataError
 from mnistops.runner import params
@@ -245,3 +246,10 @@ def test_cells_are_parsed_safely_beside_other_threads_parsing() -> None:
     # CPython 3.11 (python/cpython#106905): threads that parse at once can fail with "AST
     # constructor recursion depth mismatch", as one grid test did. Ours take turns.
     assert _parse_in_threads(parse_python, (0, 40, 80)) == []
+    # Libraries call ast.parse themselves (ast.literal_eval, traceback, Jinja's lexer); once the
+    # guard is installed (parse_python did), theirs take turns with ours too.
+    import ast
+
+    assert getattr(ast.parse, "__mnistops_guarded__", False) == threadsafe_ast.NEEDED
+    assert _parse_in_threads(ast.parse, (0, 40, 80)) == []
+    assert _parse_in_threads(lambda s: ast.literal_eval(f"[{len(s)}, 2.5, {{'a': (1, 2)}}]"), (0, 40, 80)) == []

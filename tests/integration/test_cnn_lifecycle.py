@@ -25,7 +25,8 @@ def train(*args: str) -> dict[str, Any]:
     return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
 
-def test_cnn_run_beats_a_forest_champion_and_is_promoted(store: Path) -> None:
+def test_cnn_run_beats_a_forest_champion_and_is_promoted(store: Path, small_mnist: Path) -> None:
+    """On the 10,000-image subset: the forest scores 0.93 there, the CNN after one epoch 0.95."""
     forest = train("--set", "model.params.n_estimators=25", "--set", "model.params.max_depth=14", "--promote")
     assert forest["promotion"]["promoted"]
     cnn = train(*FAST, "--set", "model.params.epochs=1", "--promote")
@@ -47,7 +48,7 @@ def test_cnn_run_beats_a_forest_champion_and_is_promoted(store: Path) -> None:
     assert tags["mnistops.torch"] == torch.__version__
 
 
-def test_device_cuda_without_a_gpu_is_one_line_naming_the_fix(store: Path) -> None:
+def test_device_cuda_without_a_gpu_is_one_line_naming_the_fix(store: Path, small_mnist: Path) -> None:
     import torch
 
     if torch.cuda.is_available():

@@ -122,7 +122,7 @@ def test_commands_that_read_never_create_a_store(tmp_path: Path, command: list[s
     assert list(tmp_path.iterdir()) == []
 
 
-def test_four_trainings_at_once_on_a_new_folder_all_succeed(tmp_path: Path) -> None:
+def test_four_trainings_at_once_on_a_new_folder_all_succeed(tmp_path: Path, small_mnist: Path) -> None:
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "mnistops", "train", "--json", *SMALL, "--set", f"seed={i}"],
@@ -169,7 +169,7 @@ def test_a_run_that_loses_the_race_to_insert_a_new_dataset_still_logs_it(store: 
 
     def insert_first(conn: object, cursor: object, statement: str, *rest: object) -> None:
         if statement.startswith("INSERT INTO datasets") and not other:
-            other.append(read_store(uri, RACER))
+            other.append(read_store(uri, RACER, fresh=True))
 
     mlflow.set_experiment("race")
     event.listen(Engine, "before_cursor_execute", insert_first)
@@ -191,7 +191,7 @@ def test_a_run_that_loses_the_race_to_insert_a_new_dataset_still_logs_it(store: 
 # --- runs left behind ------------------------------------------------------------------
 
 
-def test_a_training_killed_with_sigkill_is_ended_failed_by_the_next_command(tmp_path: Path) -> None:
+def test_a_training_killed_with_sigkill_is_ended_failed_by_the_next_command(tmp_path: Path, small_mnist: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     cmd = [sys.executable, "-m", "mnistops", "-v", "train", "--set", "model.params.n_estimators=3000"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -235,7 +235,8 @@ with store.tracked_run(mlflow.get_tracking_uri(), "mnistops", "long", {{}}):
         proc.kill()  # a plain script has no SIGTERM handler either: nothing ends its run
         proc.wait(timeout=30)
     assert [r["status"] for r in runs(tmp_path)] == ["RUNNING"]
-    assert cli("runs", "list", cwd=tmp_path).returncode == 0
+    listed = cli("runs", "list", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
     assert [r["status"] for r in runs(tmp_path)] == ["FAILED"]  # now its process is gone
 
 
@@ -248,7 +249,9 @@ def _trained(folder: Path, *args: str) -> dict[str, Any]:
     return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
 
-def test_run_ids_may_be_any_unique_prefix_and_an_ambiguous_one_lists_the_matches(tmp_path: Path) -> None:
+def test_run_ids_may_be_any_unique_prefix_and_an_ambiguous_one_lists_the_matches(
+    tmp_path: Path, small_mnist: Path
+) -> None:
     a = _trained(tmp_path)
     b = _trained(tmp_path, "--set", "seed=7")
     diff = cli("runs", "compare", a["run_id"][:8], b["run_id"][:6], "--json", cwd=tmp_path)
@@ -279,7 +282,7 @@ print(json.dumps(ids))
     assert f"no run '{absent}'" in one_line_error(cli("runs", "compare", absent, a["run_id"], cwd=tmp_path))
 
 
-def test_every_store_command_takes_the_configs_store(tmp_path: Path) -> None:
+def test_every_store_command_takes_the_configs_store(tmp_path: Path, small_mnist: Path) -> None:
     team = tmp_path / "team"
     team.mkdir()
     run = _trained(team)
@@ -314,7 +317,7 @@ except Exception:
     )  # type: ignore[return-value]
 
 
-def test_rollback_walks_back_and_a_rolled_back_version_needs_force(tmp_path: Path) -> None:
+def test_rollback_walks_back_and_a_rolled_back_version_needs_force(tmp_path: Path, small_mnist: Path) -> None:
     versions = []
     for trees in (30, 31, 32):  # the same data and split, so the gate compares them
         out = _trained(tmp_path, "--set", f"model.params.n_estimators={trees}", "--set", "model.params.max_depth=14")
@@ -336,7 +339,7 @@ def test_rollback_walks_back_and_a_rolled_back_version_needs_force(tmp_path: Pat
     assert "WOULD NOT PROMOTE" in dry.stdout and dry.returncode == 1  # v2 was rolled back too
 
 
-def test_a_dry_run_says_would(tmp_path: Path) -> None:
+def test_a_dry_run_says_would(tmp_path: Path, small_mnist: Path) -> None:
     out = _trained(tmp_path, "--set", "model.params.n_estimators=30", "--set", "model.params.max_depth=14")
     dry = cli("promote", "--latest", "--dry-run", cwd=tmp_path)
     assert dry.returncode == 0 and "WOULD PROMOTE: passes every check" in dry.stdout
@@ -420,7 +423,9 @@ def test_the_model_takes_what_people_pass_through_stock_mlflow(tmp_path: Path, m
     out = _trained(tmp_path)
     np.save(tmp_path / "x.npy", mnist.images[:40])
     got = read_store(
-        f"sqlite:///{tmp_path / 'mlflow.db'}", PREDICT.format(uri=out["model_uri"], x=str(tmp_path / "x.npy"))
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        PREDICT.format(uri=out["model_uri"], x=str(tmp_path / "x.npy")),
+        fresh=True,  # stock MLflow only
     )
     assert isinstance(got, dict)
     assert got["uint8_3d"] == got["float64_flat"] == got["int64_flat"]

@@ -1,6 +1,7 @@
 """Registry, promotion gate, rollback, reproduction, run cache and runs list/compare.
 
-Everything runs against a fresh SQLite store in a temp folder, through the real CLI.
+Everything runs against a fresh SQLite store in a temp folder, through the real CLI, on the
+10,000-image subset of MNIST (``small_mnist``): what is tested here does not depend on the data's size.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ BETTER = ["--set", "model.params.n_estimators=40", "--set", "model.params.max_de
 WORSE = ["--set", "model.params.n_estimators=5", "--set", "model.params.max_depth=5"]
 TINY = ["--set", "model.params.n_estimators=6", "--set", "model.params.max_depth=6"]
 ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.usefixtures("small_mnist")
 
 
 def train(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:

@@ -20,71 +20,25 @@ import nbformat
 import psutil
 import pytest
 
-from support import CLOSED_MIRROR, peek_store, read_store
+from support import SeedStore, env_for, peek_store, read_store, run_batch, runs_in
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 PYTHON_BIN = Path(sys.executable).parent
-
-RUNS = """
-import json
-from mlflow.tracking import MlflowClient
-c = MlflowClient()
-out = []
-for e in c.search_experiments():
-    for r in c.search_runs([e.experiment_id]):
-        arts, todo = [], [None]
-        while todo:
-            for f in c.list_artifacts(r.info.run_id, todo.pop()):
-                (todo if f.is_dir else arts).append(f.path)
-        out.append({"id": r.info.run_id, "status": r.info.status, "tags": r.data.tags, "params": r.data.params,
-                    "metrics": r.data.metrics, "artifacts": sorted(arts)})
-print(json.dumps(out))
-"""
-
-
-def env_for(work: Path, session_cache: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-        "MNISTOPS_CACHE_DIR": str(session_cache),
-        "MNISTOPS_MIRRORS": CLOSED_MIRROR,
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "PATH": f"{PYTHON_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-
-
-def run_batch(work: Path, session_cache: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run_notebooks.py"), "--out", str(work / "outputs"), *args],
-        cwd=work,
-        env=env_for(work, session_cache),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def runs_in(work: Path) -> list[dict[str, Any]]:
-    return read_store(f"sqlite:///{work / 'mlflow.db'}", RUNS)  # type: ignore[return-value]
 
 
 def error_lines(stderr: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if ln.startswith("error:")]
 
 
-@pytest.fixture(scope="module")
-def seed_batch(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> tuple[Path, dict[str, Any]]:
-    """``python run_notebooks.py --config configs/seed.yaml --json``, once."""
-    work = tmp_path_factory.mktemp("seed-batch")
-    proc = run_batch(work, session_cache, "--config", str(ROOT / "configs" / "seed.yaml"), "--json")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return work, json.loads(proc.stdout)
+@pytest.fixture
+def seed_batch(seed_store: SeedStore) -> tuple[Path, dict[str, Any]]:
+    """The store of ``python run_notebooks.py --config configs/seed.yaml --json`` and its output."""
+    return seed_store.work, seed_store.batch
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("seed_batch")
+@pytest.mark.xdist_group("seed")
 def test_the_batch_runs_every_notebook_and_keeps_each_executed_copy(seed_batch: tuple[Path, dict[str, Any]]) -> None:
     work, result = seed_batch
     assert result["status"] == "FINISHED"
@@ -107,14 +61,14 @@ def test_the_batch_runs_every_notebook_and_keeps_each_executed_copy(seed_batch: 
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("seed_batch")
+@pytest.mark.xdist_group("seed")
 def test_the_batch_run_holds_the_record_and_the_training_run_is_its_child(
-    seed_batch: tuple[Path, dict[str, Any]],
+    seed_batch: tuple[Path, dict[str, Any]], seed_store: SeedStore
 ) -> None:
     from mnistops.runner.notebooks import discover
 
-    work, result = seed_batch
-    runs = {r["id"]: r for r in runs_in(work)}
+    _, result = seed_batch
+    runs = {r["id"]: r for r in seed_store.batch_runs}  # read back as the batch left the store
     batch, train = runs[result["run_id"]], runs[result["training_run_id"]]
     assert batch["status"] == "FINISHED" and train["status"] == "FINISHED"
     assert train["tags"]["mlflow.parentRunId"] == result["run_id"]
@@ -135,7 +89,7 @@ def test_the_batch_run_holds_the_record_and_the_training_run_is_its_child(
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("seed_batch")
+@pytest.mark.xdist_group("seed")
 def test_the_training_notebook_shows_the_seed_result(seed_batch: tuple[Path, dict[str, Any]]) -> None:
     _, result = seed_batch
     assert round(result["training_metrics"]["accuracy"], 4) == 0.9669
@@ -154,31 +108,14 @@ def test_the_training_notebook_shows_the_seed_result(seed_batch: tuple[Path, dic
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("seed_batch")
+@pytest.mark.xdist_group("seed")
 def test_the_notebook_trains_exactly_what_mnistops_train_trains(
-    seed_batch: tuple[Path, dict[str, Any]], session_cache: Path
+    seed_batch: tuple[Path, dict[str, Any]], seed_store: SeedStore
 ) -> None:
+    """``mnistops train --config configs/seed.yaml --force`` in the batch's store (``seed_store``,
+    whose CLI run the seed tests of test_train.py read too) trains bit for bit what 03_train did."""
     work, result = seed_batch
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mnistops",
-            "train",
-            "--config",
-            str(ROOT / "configs" / "seed.yaml"),
-            "--force",
-            "--json",
-        ],
-        cwd=work,
-        env=env_for(work, session_cache),
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    cli = json.loads(proc.stdout)
+    cli = seed_store.train
     runs = {r["id"]: r for r in runs_in(work)}
     notebook_run = runs[result["training_run_id"]]
     for tag in ("mnistops.config_hash", "mnistops.data_fingerprint", "mnistops.split_fingerprint"):
@@ -189,7 +126,7 @@ def test_the_notebook_trains_exactly_what_mnistops_train_trains(
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("seed_batch")
+@pytest.mark.xdist_group("seed")
 def test_the_html_copy_renders_offline_in_chromium(seed_batch: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(chromium).exists():
@@ -520,7 +457,7 @@ def test_make_lab_serves_the_notebooks_and_the_project_kernel_on_loopback(tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("seed_batch")
+@pytest.mark.xdist_group("seed")
 def test_the_serving_notebook_runs_only_when_asked_and_stops_its_server(
     seed_batch: tuple[Path, dict[str, Any]], session_cache: Path
 ) -> None:

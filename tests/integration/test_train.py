@@ -17,7 +17,7 @@ import pytest
 
 from mnistops.data import sources
 from mnistops.data.dataset import Dataset
-from support import one_line_error, read_store, run_cli
+from support import SeedStore, one_line_error, read_store, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--set", "model.params.n_estimators=8", "--set", "model.params.max_depth=8"]
@@ -52,31 +52,15 @@ def train_json(*args: str, cwd: Path | None = None) -> dict[str, Any]:
     return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
 
-@pytest.fixture(scope="module")
-def seed_run(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> tuple[Path, dict[str, Any]]:
-    """The notebook's logged run (120 trees, depth 20), trained once through the CLI."""
-    work = tmp_path_factory.mktemp("seed-run")
-    env = {
-        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-        "MNISTOPS_CACHE_DIR": str(session_cache),
-        "MNISTOPS_MIRRORS": "http://127.0.0.1:9/",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "mnistops", "train", "--config", str(ROOT / "configs" / "seed.yaml"), "--json"],
-        cwd=work,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return work, json.loads(proc.stdout)
+@pytest.fixture
+def seed_run(seed_store: SeedStore) -> tuple[Path, dict[str, Any]]:
+    """The notebook's logged run (120 trees, depth 20), trained through the CLI (in the store the
+    notebook batch trained it in first: ``seed_store``)."""
+    return seed_store.work, seed_store.train
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("seed_run")
+@pytest.mark.xdist_group("seed")
 def test_seed_config_matches_the_notebooks_logged_result(seed_run: tuple[Path, dict[str, Any]]) -> None:
     _, result = seed_run
     assert abs(result["metrics"]["accuracy"] - 0.9669) <= 0.001
@@ -105,7 +89,7 @@ def test_seed_config_matches_the_notebooks_logged_result(seed_run: tuple[Path, d
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("seed_run")
+@pytest.mark.xdist_group("seed")
 def test_run_reads_back_with_everything_recorded(
     seed_run: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -188,7 +172,7 @@ print(json.dumps({{"labels": out["label"].tolist(), "p_sum": float(out.filter(li
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("seed_run")
+@pytest.mark.xdist_group("seed")
 def test_model_loads_with_stock_mlflow_in_a_fresh_process(
     seed_run: tuple[Path, dict[str, Any]], mnist: Dataset, tmp_path: Path
 ) -> None:
@@ -198,7 +182,9 @@ def test_model_loads_with_stock_mlflow_in_a_fresh_process(
     split = make_split(mnist, "stratified", 0.2, 42)
     np.save(tmp_path / "x.npy", mnist.features(split.test))
     out: Any = read_store(
-        f"sqlite:///{work / 'mlflow.db'}", PREDICT.format(uri=result["model_uri"], x=str(tmp_path / "x.npy"))
+        f"sqlite:///{work / 'mlflow.db'}",
+        PREDICT.format(uri=result["model_uri"], x=str(tmp_path / "x.npy")),
+        fresh=True,  # stock MLflow only
     )
     accuracy = float(np.mean(np.array(out["labels"]) == mnist.labels[split.test]))
     assert accuracy == pytest.approx(result["metrics"]["accuracy"], abs=1e-12)
@@ -208,7 +194,7 @@ def test_model_loads_with_stock_mlflow_in_a_fresh_process(
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("seed_run")
+@pytest.mark.xdist_group("seed")
 def test_model_artifact_is_compact(seed_run: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
     work, result = seed_run
     import mlflow
@@ -222,7 +208,7 @@ def test_model_artifact_is_compact(seed_run: tuple[Path, dict[str, Any]], monkey
     assert size <= 0.2 * 153_000_000  # the notebook's artifact for the same forest: 153 MB
 
 
-def test_same_config_twice_gives_identical_metrics_and_predictions(store: Path) -> None:
+def test_same_config_twice_gives_identical_metrics_and_predictions(store: Path, small_mnist: Path) -> None:
     a = train_json(*SMALL)
     b = train_json(*SMALL, "--force")  # a clean tree would otherwise hit the run cache
     assert a["run_id"] != b["run_id"]
@@ -243,7 +229,7 @@ def test_same_config_twice_gives_identical_metrics_and_predictions(store: Path) 
     np.testing.assert_array_equal(preds[0][1], preds[1][1])
 
 
-def test_workdir_repository_is_traced_too(store: Path) -> None:
+def test_workdir_repository_is_traced_too(store: Path, small_mnist: Path) -> None:
     subprocess.run(["git", "init", "-q"], cwd=store, check=True)
     (store / "exp.yaml").write_text("model:\n  params:\n    n_estimators: 4\n    max_depth: 4\n")
     (store / ".gitignore").write_text("mlflow.db\nmlruns/\n")
@@ -311,7 +297,7 @@ def test_unreachable_tracking_uri_is_one_line(store: Path) -> None:
     assert "folder /nonexistent/dir does not exist" in line
 
 
-def test_sigterm_mid_fit_leaves_the_run_killed(store: Path) -> None:
+def test_sigterm_mid_fit_leaves_the_run_killed(store: Path, small_mnist: Path) -> None:
     cmd = [
         sys.executable,
         "-m",
@@ -340,7 +326,9 @@ def test_sigterm_mid_fit_leaves_the_run_killed(store: Path) -> None:
     assert "config.yaml" in run["artifacts"] and "run.log" in run["artifacts"]
 
 
-def test_exception_mid_run_leaves_the_run_failed(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exception_mid_run_leaves_the_run_failed(
+    store: Path, monkeypatch: pytest.MonkeyPatch, small_mnist: Path
+) -> None:
     from mnistops import pipeline
     from mnistops.config import load_config
     from mnistops.train import models

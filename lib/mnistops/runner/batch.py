@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import mnistops
-from mnistops import gc_phases, processes
+from mnistops import gc_phases, processes, threadsafe_ast
 from mnistops.config import Config, dump_yaml
 from mnistops.errors import MnistopsError
 from mnistops.runner.notebooks import Notebook, parse_python
@@ -406,6 +406,7 @@ def run_batch(
         BatchFailed: a notebook failed (its message is one line); the batch run ended FAILED.
         KeyboardInterrupt, Terminated: a signal stopped the batch; the batch run ended KILLED.
     """
+    threadsafe_ast.install()  # this process parses on several threads from here on
     batch = _Batch(notebooks, parameters, cfg, progress or NullProgress(), cell_timeout, start_timeout, grace)
     _make_out_base(out_base)
     with contextlib.ExitStack() as stack:

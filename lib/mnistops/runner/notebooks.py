@@ -17,11 +17,11 @@ import ast
 import hashlib
 import json
 import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mnistops import threadsafe_ast
 from mnistops.errors import ConfigError, DataError
 
 NAME = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
@@ -152,26 +152,11 @@ def default_value(param: Parameter) -> Any:
         return param.default
 
 
-_PARSING = threading.Lock()
-
-
 def parse_python(source: str, mode: str = "exec") -> ast.AST:
-    """``ast.parse``, safe beside other threads.
-
-    CPython 3.11 builds the ``ast`` objects of a parse with a recursion count kept in state that
-    all threads share (python/cpython#106905): two threads parsing at once can fail with
-    ``SystemError: AST constructor recursion depth mismatch``. A batch's threads parse cells
-    while others log; ours take turns, and one that meets a library parsing in another thread
-    (joblib parses ``pre_dispatch`` on every ``Parallel`` call) is tried again.
+    """``ast.parse``, safe beside other threads that parse (:mod:`mnistops.threadsafe_ast`).
 
     Raises:
         SyntaxError: ``source`` is not Python.
     """
-    for attempt in range(1, 4):
-        try:
-            with _PARSING:
-                return ast.parse(source, mode=mode)
-        except SystemError:
-            if attempt == 3:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
+    threadsafe_ast.install()
+    return ast.parse(source, mode=mode)

@@ -242,20 +242,43 @@ def _version() -> str:
     return mnistops.__version__
 
 
-def _refuse_declared_size(request: Any, limit: int) -> None:
-    """413 from the ``Content-Length`` header alone, before any of the body is read."""
+# How much of a refused body is read and dropped before the 413 is sent. A client that sends the
+# whole body before it reads the answer (Python's urllib, requests) sees "connection reset" instead
+# of the 413 if the server closes with the body unread; reading it costs one chunk of memory at a
+# time. A body larger than this is cut off unread (the client may then see the reset).
+DRAIN_BYTES = 64_000_000
+
+
+async def _drain(request: Any, budget: int = DRAIN_BYTES) -> None:
+    """Read and drop what is left of the body, up to ``budget`` bytes."""
+    async for chunk in request.stream():
+        budget -= len(chunk)
+        if budget < 0:
+            return
+
+
+def _declared_size(request: Any) -> int | None:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadInput(413, f"the body is {int(declared):,} bytes; at most {limit:,} (serve.max_body_bytes)")
+    return int(declared) if declared is not None and declared.isdigit() else None
+
+
+async def _refuse_declared_size(request: Any, limit: int) -> None:
+    """413 from the ``Content-Length`` header alone, before any of the body is kept."""
+    declared = _declared_size(request)
+    if declared is not None and declared > limit:
+        if declared <= DRAIN_BYTES:
+            await _drain(request)
+        raise BadInput(413, f"the body is {declared:,} bytes; at most {limit:,} (serve.max_body_bytes)")
 
 
 async def _read_body(request: Any, limit: int) -> bytes:
-    """The body, refused with 413 once it passes ``limit`` bytes (before it is all read)."""
-    _refuse_declared_size(request, limit)
+    """The body, refused with 413 once it passes ``limit`` bytes (before it is all kept)."""
+    await _refuse_declared_size(request, limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
+            await _drain(request)
             raise BadInput(413, f"the body passed {limit:,} bytes (serve.max_body_bytes)")
         chunks.append(chunk)
     return b"".join(chunks)
@@ -263,7 +286,7 @@ async def _read_body(request: Any, limit: int) -> bytes:
 
 async def _read_upload(request: Any, limit: int) -> bytes:
     """The first file of a multipart form, within ``limit`` bytes."""
-    _refuse_declared_size(request, limit)
+    await _refuse_declared_size(request, limit)
     try:
         form = await request.form(max_files=1, max_fields=10)
     except Exception as exc:

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mnistops import processes
+from mnistops import processes, threadsafe_ast
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ def run_trial(
 
     from mnistops.cluster import confined
 
+    threadsafe_ast.install()  # a Dask worker parses on several threads
     t0 = time.perf_counter()
     os.environ["MLFLOW_TRACKING_URI"] = uri  # the driver's store, whatever this worker was started with
     outcome = TrialOutcome(number, ok=False, worker=f"{socket.gethostname()}:{os.getpid()}")
