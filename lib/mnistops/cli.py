@@ -446,7 +446,7 @@ def rollback_cmd(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     from mnistops.lifecycle.registry import rollback
 
     cfg, uri = _store(config, set_)
-    old, new = rollback(uri, cfg.tracking.registered_model)
+    old, new = rollback(uri, cfg.tracking.registered_model, cfg.gate.lock_wait_s)
     _out().print(
         f"[green]✓[/] {cfg.tracking.registered_model}@champion: v{old} → v{new} (v{old} is marked rolled back)"
     )

@@ -88,6 +88,7 @@ class GateConfig(_Strict):
     floor: float = Field(0.95, ge=0.0, le=1.0)
     metric: str = "f1_macro"
     tolerance: float = Field(0.002, ge=0.0, le=1.0)
+    lock_wait_s: float = Field(300.0, gt=0)  # how long promote/rollback wait for another's alias lock
 
 
 class ServeConfig(_Strict):
@@ -105,6 +106,7 @@ class ServeConfig(_Strict):
     admin_token: str | None = None  # bearer token for POST /admin/reload; None: disabled
     prediction_log: str | None = "predictions.db"  # SQLite file; None: predictions are not recorded
     log_max_rows: int = Field(1_000_000, ge=1)
+    log_queue_max: int = Field(100_000, ge=1)  # prediction rows that may wait for the disk; more are dropped
     log_max_age_days: float = Field(30.0, gt=0)
 
 

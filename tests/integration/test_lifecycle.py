@@ -294,3 +294,89 @@ def test_promote_without_a_candidate_is_one_line(store: Path) -> None:
     check_store(os.environ["MLFLOW_TRACKING_URI"])  # an empty store now
     assert "experiment 'mnistops' has no runs" in one_line_error(run_cli("promote", "--latest"))
     assert "no run 'abc'" in one_line_error(run_cli("reproduce", "abc"))
+
+
+# A promotion or a rollback, in a process of its own, each time a line comes on its stdin: the test
+# sends both processes their line at once, ten rounds, and reads the registry between rounds.
+RACER = """
+import json, sys
+from mnistops.config import load_config
+from mnistops.lifecycle import registry
+uri, role, run_id = sys.argv[1:4]
+gate = load_config(overrides=["gate.tolerance=1", "gate.floor=0"]).gate  # every round's promotion passes
+print("ready", flush=True)
+for _ in sys.stdin:
+    try:
+        if role == "promote":
+            decision = registry.promote(uri, run_id, gate, "mnist-classifier", force=True)
+            out = {"promoted": decision.promoted} if decision.promoted else {"refused": decision.reason}
+        else:
+            out = {"rolled_back": list(registry.rollback(uri, "mnist-classifier"))}
+    except Exception as exc:
+        out = {"error": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(out), flush=True)
+"""
+
+
+def test_a_promotion_and_a_rollback_at_once_take_turns(store: Path) -> None:
+    """v2 is @champion after v1; each round `promote v3` and `rollback` start at the same moment.
+    Promote then rollback leaves v2 @champion, rollback then promote v3; either way @previous is v1
+    and the champion's recorded predecessor agrees. Unserialised, the promotion decided on the
+    champion it read before the rollback moved it (5 of 10 rounds ended with @previous on v2)."""
+    from mlflow.tracking import MlflowClient
+
+    from mnistops import pipeline
+    from mnistops.config import load_config
+    from mnistops.lifecycle import registry
+
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    runs = [
+        pipeline.train(load_config(overrides=[f"model.params.n_estimators={n}", "model.params.max_depth=8"])).run_id
+        for n in (8, 9, 10)
+    ]
+    client, name = MlflowClient(uri), "mnist-classifier"
+
+    def reset() -> None:  # v2 @champion, v1 @previous, as two promotions leave them
+        client.set_registered_model_alias(name, registry.CHAMPION, "2")
+        client.set_registered_model_alias(name, registry.PREVIOUS, "1")
+        client.set_model_version_tag(name, "2", registry.PREVIOUS_CHAMPION, "1")
+        client.set_model_version_tag(name, "1", registry.PREVIOUS_CHAMPION, "none")
+        for version in ("1", "2", "3"):
+            client.delete_model_version_tag(name, version, registry.ROLLED_BACK)
+
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, uri, role, runs[2]],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for role in ("promote", "rollback")
+    ]
+    seen = []
+    try:
+        assert [r.stdout.readline().strip() for r in racers if r.stdout] == ["ready", "ready"]
+        for _ in range(10):
+            reset()
+            for r in racers:
+                assert r.stdin is not None
+                r.stdin.write("go\n")
+                r.stdin.flush()
+            promoted, rolled = (json.loads(r.stdout.readline()) for r in racers if r.stdout)
+            assert promoted == {"promoted": True}, promoted
+            model = client.get_registered_model(name)
+            aliases = {alias: str(version) for alias, version in model.aliases.items()}
+            champion_before = client.get_model_version(name, aliases["champion"]).tags[registry.PREVIOUS_CHAMPION]
+            seen.append(aliases["champion"])
+            # Promote first: v3 replaced v2, then the rollback went back to v2 (v3 rolled back).
+            # Rollback first: v1 came back (v2 rolled back), then v3 replaced it.
+            assert (aliases, rolled) in (
+                ({"champion": "2", "previous": "1"}, {"rolled_back": ["3", "2"]}),
+                ({"champion": "3", "previous": "1"}, {"rolled_back": ["2", "1"]}),
+            ), (aliases, rolled)
+            assert champion_before == aliases["previous"]
+    finally:
+        for r in racers:
+            r.kill()
+            r.wait(timeout=30)
+    print("champion after each round:", seen)

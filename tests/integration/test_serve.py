@@ -460,3 +460,47 @@ def test_a_store_without_a_champion_serves_once_one_is_promoted(tmp_path: Path, 
     finally:
         s.stop()
     assert "/ready answers 503 until one is promoted" in s.log.read_text()
+
+
+STARTER = """
+import sys
+from mnistops.serve import launch
+s = launch.start(["--workers", "2", "--set", "serve.prediction_log=null"], cwd=sys.argv[1])
+print(s.url, flush=True)
+import time
+time.sleep(600)
+"""
+
+
+@pytest.mark.xdist_group("serve")
+def test_a_server_ends_with_the_process_that_started_it_however_it_ends(trained: Store) -> None:
+    """A notebook's kernel that starts a server and is then killed (SIGKILL: no atexit runs) takes
+    the server and its two workers with it."""
+    import urllib.error
+    import urllib.request
+
+    import psutil
+
+    starter = subprocess.Popen(
+        [sys.executable, "-c", STARTER, str(trained.work)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **trained.env},
+    )
+    try:
+        assert starter.stdout is not None
+        url = starter.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), url
+        family = psutil.Process(starter.pid).children(recursive=True)
+        assert len(family) >= 4  # the guard, the server, its two workers
+    finally:
+        starter.kill()
+        starter.wait(timeout=30)
+    _, alive = psutil.wait_procs(family, timeout=40)
+    assert alive == [], [p.cmdline() for p in alive]
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url + "/health", timeout=5)
+    from mnistops import processes
+
+    left = processes.sweep()  # what the next mnistops command does: the dead starter's log folder goes
+    assert [p.name.split("-")[1] for p in left] == [str(starter.pid)]

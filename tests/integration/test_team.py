@@ -169,6 +169,7 @@ print(json.dumps({{"runs": {{r.info.run_id: [r.info.status, r.data.tags.get("mlf
 """,
         )
         assert isinstance(seen, dict)
+        _the_alias_lock_holds_across_the_server(uri, client_env, sweep["best"]["run_id"], store)
     finally:
         assert _stop(proc) == 0
     runs = seen["runs"]
@@ -193,6 +194,37 @@ print(json.dumps({{"runs": {{r.info.run_id: [r.info.status, r.data.tags.get("mlf
     aliases = _sql(database, "select alias, version from registered_model_aliases")
     assert sorted(aliases) == [("champion", 2), ("previous", 1)]
     assert _sql(database, "select username from users") == [(ADMIN,)]  # basic auth's users, same database
+
+
+def _the_alias_lock_holds_across_the_server(uri: str, env: dict[str, str], champion_run: str, cwd: Path) -> None:
+    """Through a server, the alias lock is a registered model (mnistops.lifecycle.alias_lock): one
+    held by a live process makes a rollback wait, then refuse with one line; one left by a process
+    that is gone is broken by the next promotion. The registry is unchanged by both."""
+    import socket
+
+    from mlflow.tracking import MlflowClient
+
+    from mnistops import processes
+
+    client, lock = MlflowClient(uri), "mnist-classifier.aliases-lock"
+    pid, start = processes.identity()
+    held = {"mnistops.lock.holder": f"{socket.gethostname()}:{pid}", "mnistops.lock.started": f"{start:.2f}"}
+    client.create_registered_model(lock, tags={**held, "mnistops.lock.since": f"{time.time():.2f}"})
+    try:
+        waited = run_cli("rollback", "--set", "gate.lock_wait_s=2", env=env, cwd=cwd)
+        line = one_line_error(waited)
+        assert waited.returncode == 2
+        assert f"{held['mnistops.lock.holder']} has held the alias lock of 'mnist-classifier' for 2 s" in line
+    finally:
+        client.delete_registered_model(lock)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    left = {"mnistops.lock.holder": f"{socket.gethostname()}:{gone.pid}", "mnistops.lock.started": "1.00"}
+    client.create_registered_model(lock, tags={**left, "mnistops.lock.since": f"{time.time():.2f}"})
+    again = run_cli("promote", champion_run, "--json", env=env, cwd=cwd)
+    assert again.returncode == 1 and "is already @champion" in json.loads(again.stdout)["reason"]
+    assert "breaking the alias lock" in again.stderr
+    assert [m.name for m in client.search_registered_models()] == ["mnist-classifier"]  # the lock is gone
 
 
 def test_the_server_refuses_to_start_on_an_unreachable_database_or_without_its_secrets(store: Path) -> None:
@@ -266,5 +298,24 @@ def test_stopping_the_command_stops_the_server_it_started(store: Path) -> None:
     t0 = time.monotonic()
     assert _stop(proc) == 0
     assert time.monotonic() - t0 < 60
+    with pytest.raises(requests.ConnectionError):
+        requests.get(uri + "/health", timeout=5)
+
+
+def test_a_killed_command_takes_its_server_and_workers_with_it(store: Path) -> None:
+    """kill -9 of ``mnistops tracking-server`` (nothing of it runs to stop anything) ends MLflow's
+    server and its workers all the same, and frees the port."""
+    import psutil
+
+    port = free_port()
+    proc, uri = _start_server(
+        ["--backend", f"sqlite:///{store / 'team.db'}", "--port", str(port), "--workers", "2"], {}, store
+    )
+    family = psutil.Process(proc.pid).children(recursive=True)
+    assert len(family) >= 3  # the guard, mlflow server, uvicorn and its workers
+    proc.kill()
+    proc.wait(timeout=30)
+    _, alive = psutil.wait_procs(family, timeout=40)
+    assert alive == [], [p.cmdline() for p in alive]
     with pytest.raises(requests.ConnectionError):
         requests.get(uri + "/health", timeout=5)

@@ -25,6 +25,7 @@ from typing import Any
 from mnistops import processes
 from mnistops.config import Config, GateConfig
 from mnistops.errors import GateError, RunNotFoundError, TrackingError
+from mnistops.lifecycle.alias_lock import alias_lock
 from mnistops.tracking import store
 
 log = logging.getLogger(__name__)
@@ -203,8 +204,17 @@ def is_training_run(tags: dict[str, str]) -> bool:
 def promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool = False, force: bool = False) -> Decision:
     """Run the gate for ``run_id``'s model version; move aliases if it passes (unless dry run).
 
-    A version that was rolled back is refused without scoring unless ``force``.
+    A version that was rolled back is refused without scoring unless ``force``. All but a dry run
+    hold the alias lock (:mod:`mnistops.lifecycle.alias_lock`) from reading the champion to moving
+    it, so promotions and rollbacks of the same model take turns.
     """
+    if dry_run:
+        return _promote(uri, run_id, gate, name, dry_run, force)
+    with alias_lock(uri, name, gate.lock_wait_s):
+        return _promote(uri, run_id, gate, name, dry_run, force)
+
+
+def _promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool, force: bool) -> Decision:
     client = store.client(uri)
     candidate = version_for_run(uri, name, run_id)
     champion = alias_version(uri, name, CHAMPION)
@@ -314,13 +324,18 @@ def _record(client: Any, name: str, version: Any, decision: Decision) -> None:
         client.set_model_version_tag(name, version, key, value)
 
 
-def rollback(uri: str, name: str) -> tuple[str, str]:
+def rollback(uri: str, name: str, wait_s: float = GateConfig().lock_wait_s) -> tuple[str, str]:
     """Move ``@champion`` back to the version it replaced; return ``(from_version, to_version)``.
 
     Repeated, it walks further back. The version moved away from is tagged rolled back (the gate
     then refuses it without ``--force``); ``@previous`` follows, naming the new champion's own
-    predecessor, or is removed when there is none.
+    predecessor, or is removed when there is none. Holds the alias lock, as :func:`promote` does.
     """
+    with alias_lock(uri, name, wait_s):
+        return _rollback(uri, name)
+
+
+def _rollback(uri: str, name: str) -> tuple[str, str]:
     client = store.client(uri)
     champion = alias_version(uri, name, CHAMPION)
     if champion is None:

@@ -102,7 +102,14 @@ def create_app(cfg: ServeConfig, tracking_uri: str, registered_model: str = "mni
         predlog = None
         if cfg.prediction_log:
             max_age = cfg.log_max_age_days * 86400
-            predlog = PredictionLog(Path(cfg.prediction_log), cfg.log_max_rows, max_age)
+            predlog = PredictionLog(
+                Path(cfg.prediction_log),
+                cfg.log_max_rows,
+                max_age,
+                queue_max=cfg.log_queue_max,
+                on_error=metrics.log_errors.inc,
+                on_drop=metrics.log_dropped.inc,
+            )
         state["predlog"] = predlog
         batcher = MicroBatcher(lambda: holder.current, _predict, cfg.max_batch, cfg.batch_wait_ms / 1000)
         batcher.start()
@@ -183,6 +190,9 @@ def create_app(cfg: ServeConfig, tracking_uri: str, registered_model: str = "mni
 
     @app.get("/health")
     async def health() -> Any:
+        trouble = state["predlog"].health() if state.get("predlog") is not None else None
+        if trouble is not None:  # alive and answering, but what it answers is not all recorded
+            return {"status": "degraded", "prediction_log": trouble}
         return {"status": "ok"}
 
     @app.get("/ready")
@@ -301,6 +311,10 @@ async def _read_upload(request: Any, limit: int) -> bytes:
 
 
 def from_environment() -> Any:
-    """The app a uvicorn worker process builds (``--workers N``): config from ``MNISTOPS_SERVE``."""
+    """The app a uvicorn worker process builds (``--workers N``): config from ``MNISTOPS_SERVE``.
+    The worker ends with the process that started it, however that one ends."""
+    from mnistops import processes
+
+    processes.die_with_parent()
     spec = json.loads(os.environ["MNISTOPS_SERVE"])
     return create_app(ServeConfig.model_validate(spec["serve"]), spec["tracking_uri"], spec["registered_model"])

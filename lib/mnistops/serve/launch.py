@@ -5,6 +5,7 @@ it stops by its pid (a notebook, a test, a benchmark). Always on loopback unless
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import signal
@@ -155,8 +156,9 @@ class Server:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+            except subprocess.TimeoutExpired:  # the guard's whole group: the server and its workers
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         atexit.unregister(self.stop)
         if self.own_log and self.process.returncode == 0:
@@ -188,12 +190,16 @@ def start(
 
         log = Path(processes.temp_dir("serve")) / "serve.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mnistops", "serve", "--host", "127.0.0.1", "--port", str(port), *(args or [])],
+        from mnistops import processes
+
+        command = [sys.executable, "-m", "mnistops", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        process = subprocess.Popen(  # tied: the server ends with whoever started it, however it ends
+            processes.tied([*command, *(args or [])]),
             cwd=cwd,
             env={**os.environ, **(env or {})},
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     server = Server(process, f"http://127.0.0.1:{port}", log, own_log)
     atexit.register(server.stop)  # a notebook's kernel that ends (or fails) takes its server with it

@@ -9,6 +9,9 @@ tests, do not share counters). With several worker processes (``--workers N``), 
 * ``mnistops_model_loads_total``
 * ``mnistops_drift_verdict``: the newest ``mnistops monitor`` verdict on the version served
   (0 ok, 1 warn, 2 drift, -1 none yet), read from the store at every poll
+* ``mnistops_prediction_log_errors_total``: failed writes of the prediction log (each is tried again)
+* ``mnistops_prediction_log_dropped_total``: answered predictions the log could not keep (its
+  queue was full, or the database stayed unwritable at shutdown)
 """
 
 from __future__ import annotations
@@ -66,6 +69,12 @@ class Metrics:
             multiprocess_mode="livemax",
         )
         self.drift.set(-1)
+        self.log_errors = Counter(
+            "mnistops_prediction_log_errors", "Failed writes of the prediction log (tried again).", registry=r
+        )
+        self.log_dropped = Counter(
+            "mnistops_prediction_log_dropped", "Answered predictions the prediction log did not keep.", registry=r
+        )
 
     def model_loaded(self, new: Any, old: Any | None) -> None:
         """Point the model gauge at ``new`` (a ServedModel), away from ``old``."""

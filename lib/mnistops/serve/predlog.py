@@ -2,18 +2,27 @@
 
 One SQLite table, ``predictions``: time, model name and version, the 28x28 input as 784 bytes,
 the predicted class, its probability, and the endpoint. Requests only put rows on a queue; a
-writer thread inserts them in batches, so a request never waits on the disk. On shutdown the
-queue is drained before the file is closed: nothing queued is lost. Retention keeps at most
-``max_rows`` rows and none older than ``max_age_s`` seconds.
+writer thread inserts them in batches, so a request never waits on the disk. Retention keeps at
+most ``max_rows`` rows and none older than ``max_age_s`` seconds.
+
+The log outlives its faults. A write that fails (another process holds the database's write lock,
+the disk is full) is tried again, with a growing pause, until it succeeds: the rows wait in memory
+meanwhile and are all written once the database accepts them. The queue is bounded
+(``serve.log_queue_max`` rows): past it, predictions are still answered but their rows are dropped
+and counted. Each episode (failing, dropping) is logged once when it starts and once when it ends;
+:meth:`PredictionLog.health` says what is wrong while it lasts. On shutdown everything queued is
+written, given a few seconds to get past a fault; what cannot be is counted as dropped and said.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,75 +43,167 @@ CREATE TABLE IF NOT EXISTS predictions (
 );
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 """
-_STOP = object()
+INSERT = "INSERT INTO predictions (ts, model, version, image, label, confidence, endpoint) VALUES (?, ?, ?, ?, ?, ?, ?)"
+BATCH_ROWS = 2000  # rows written in one transaction at most
+RETRY_FIRST_S, RETRY_MAX_S = 0.05, 2.0  # the pause after a failed write doubles up to this
+CLOSE_TIMEOUT_S = 10.0  # how long shutdown waits for a failing database before giving up
+
+
+def _ignore(_: int) -> None:
+    return None
 
 
 class PredictionLog:
-    """Queue rows from any thread; a writer thread inserts them (see the module's docstring)."""
+    """Queue rows from any thread; a writer thread inserts them (see the module's docstring).
+
+    Args:
+        path: the SQLite file (created with its table now: a bad path fails the start, not a request).
+        max_rows, max_age_s: retention.
+        flush_s: how long the writer waits to gather rows.
+        queue_max: rows that may wait; beyond, rows are dropped and counted.
+        on_error: called with 1 for every failed write (a Prometheus counter's ``inc``).
+        on_drop: called with the number of rows dropped.
+    """
 
     def __init__(
-        self, path: Path, max_rows: int = 1_000_000, max_age_s: float = 30 * 86400, flush_s: float = 0.2
+        self,
+        path: Path,
+        max_rows: int = 1_000_000,
+        max_age_s: float = 30 * 86400,
+        flush_s: float = 0.2,
+        queue_max: int = 100_000,
+        on_error: Callable[[int], None] = _ignore,
+        on_drop: Callable[[int], None] = _ignore,
     ) -> None:
         self.path, self.max_rows, self.max_age_s, self.flush_s = path, max_rows, max_age_s, flush_s
-        self.queue: queue.Queue[Any] = queue.Queue()
-        self.written = 0
-        with sqlite3.connect(path) as db:  # created now: a bad path fails the start, not a request
+        self.queue: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=queue_max)
+        self.on_error, self.on_drop = on_error, on_drop
+        self.written = self.dropped = self.errors = 0
+        self.failing_since: float | None = None  # when the current run of failed writes began
+        self.last_error = ""
+        self._dropping = 0  # rows dropped in the current episode (0: not dropping)
+        self._holding = 0  # rows the writer has taken from the queue and not yet written
+        self._stop = threading.Event()
+        with sqlite3.connect(path) as db:
             db.executescript(SCHEMA)
             db.execute("PRAGMA journal_mode=WAL")
         self.thread = threading.Thread(target=self._write, name="mnistops-predlog", daemon=True)
         self.thread.start()
 
     def add(self, model: str, version: str, images: np.ndarray, proba: np.ndarray, endpoint: str) -> None:
-        """Queue one row per image (``uint8 (n, 28, 28)``, probabilities ``(n, 10)``)."""
+        """Queue one row per image (``uint8 (n, 28, 28)``, probabilities ``(n, 10)``); never blocks."""
         now = time.time()
         labels = proba.argmax(axis=1)
         for image, label, p in zip(images, labels, proba, strict=True):
-            self.queue.put(
-                (now, model, version, image.astype(np.uint8).tobytes(), int(label), float(p[label]), endpoint)
-            )
+            row = (now, model, version, image.astype(np.uint8).tobytes(), int(label), float(p[label]), endpoint)
+            try:
+                self.queue.put_nowait(row)
+            except queue.Full:
+                self._drop(1, "its queue is full")
+
+    def health(self) -> str | None:
+        """What is wrong with the log now, in one line, or None when rows are being written."""
+        if self.failing_since is None and not self._dropping:
+            return None
+        waiting = f"{self.queue.qsize() + self._holding:,} rows wait, {self.dropped:,} dropped"
+        if self.failing_since is None:
+            return f"rows are dropped: its queue is full ({waiting})"
+        when = time.strftime("%H:%M:%S", time.localtime(self.failing_since))
+        return f"not written since {when} ({self.last_error}); {waiting}"
 
     def close(self) -> None:
-        """Write everything queued, then stop."""
-        self.queue.put(_STOP)
+        """Write everything queued (waiting up to ``CLOSE_TIMEOUT_S`` on a failing database), then stop."""
+        self._stop.set()
         self.thread.join()
 
-    def _write(self) -> None:
-        db = sqlite3.connect(self.path)
-        stopping = False
+    def _drop(self, n: int, why: str) -> None:
+        if not self._dropping:
+            log.warning("prediction log %s: %s; predictions are answered but not logged", self.path, why)
+        self._dropping += n
+        self.dropped += n
+        self.on_drop(n)
+
+    def _take(self) -> list[tuple[Any, ...]]:
+        """Up to ``BATCH_ROWS`` queued rows, waiting up to ``flush_s`` for the first."""
+        rows: list[tuple[Any, ...]] = []
         try:
-            while not stopping:
-                rows = []
-                try:
-                    item = self.queue.get(timeout=self.flush_s)
-                except queue.Empty:
-                    continue
-                while True:
-                    if item is _STOP:
-                        stopping = True
-                    else:
-                        rows.append(item)
-                    try:
-                        item = self.queue.get_nowait()
-                    except queue.Empty:
-                        break
-                if rows:
-                    with db:
-                        db.executemany(
-                            "INSERT INTO predictions (ts, model, version, image, label, confidence, "
-                            "endpoint) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            rows,
-                        )
-                    self.written += len(rows)
+            rows.append(self.queue.get(timeout=self.flush_s))
+            while len(rows) < BATCH_ROWS:
+                rows.append(self.queue.get_nowait())
+        except queue.Empty:
+            pass
+        return rows
+
+    def _write(self) -> None:
+        while not (self._stop.is_set() and self.queue.empty()):
+            rows = self._take()
+            if rows and not self._insert(rows):
+                self._drop(len(rows) + self._discard_queue(), "the database stayed unwritable at shutdown")
+                return
+
+    def _insert(self, rows: list[tuple[Any, ...]]) -> bool:
+        """Insert ``rows``, trying again until it works; False if shutdown's patience ran out.
+
+        Each try opens the database anew: after an I/O error (a full disk under WAL) a connection
+        can stay broken when the disk is back."""
+        pause, deadline = RETRY_FIRST_S, None
+        self._holding = len(rows)
+        while True:
+            try:
+                with contextlib.closing(sqlite3.connect(self.path, timeout=1.0)) as db, db:
+                    db.executemany(INSERT, rows)
                     self._retain(db)
-        except sqlite3.Error:
-            log.exception("the prediction log %s could not be written", self.path)
-        finally:
-            db.close()
+            except sqlite3.Error as exc:
+                self._failed(exc)
+                if self._stop.is_set():
+                    deadline = deadline or time.monotonic() + CLOSE_TIMEOUT_S
+                    if time.monotonic() > deadline:
+                        return False
+                time.sleep(pause)
+                pause = min(pause * 2, RETRY_MAX_S)
+                continue
+            self.written += len(rows)
+            self._holding = 0
+            self._recovered()
+            return True
+
+    def _failed(self, exc: sqlite3.Error) -> None:
+        self.errors += 1
+        self.on_error(1)
+        self.last_error = str(exc) or type(exc).__name__
+        if self.failing_since is None:
+            self.failing_since = time.time()
+            log.warning(
+                "prediction log %s cannot be written (%s): its rows wait in memory and are tried again",
+                self.path,
+                self.last_error,
+            )
+
+    def _recovered(self) -> None:
+        if self.failing_since is not None:
+            log.warning(
+                "prediction log %s is written again after %.1f s and %d failed writes",
+                self.path,
+                time.time() - self.failing_since,
+                self.errors,
+            )
+            self.failing_since = None
+        if self._dropping and self.queue.qsize() < self.queue.maxsize // 2:
+            log.warning("prediction log %s: its queue drained; %d rows were dropped", self.path, self._dropping)
+            self._dropping = 0
+
+    def _discard_queue(self) -> int:
+        n = 0
+        while True:
+            try:
+                self.queue.get_nowait()
+                n += 1
+            except queue.Empty:
+                return n
 
     def _retain(self, db: sqlite3.Connection) -> None:
-        with db:
-            db.execute("DELETE FROM predictions WHERE ts < ?", (time.time() - self.max_age_s,))
-            db.execute("DELETE FROM predictions WHERE id <= (SELECT MAX(id) FROM predictions) - ?", (self.max_rows,))
+        db.execute("DELETE FROM predictions WHERE ts < ?", (time.time() - self.max_age_s,))
+        db.execute("DELETE FROM predictions WHERE id <= (SELECT MAX(id) FROM predictions) - ?", (self.max_rows,))
 
 
 def read(path: Path, since: float = 0.0, until: float | None = None) -> dict[str, np.ndarray]:

@@ -219,7 +219,8 @@ def run(p: ServerPlan, announce: Callable[[str], None], ready_timeout: float = 1
         if p.auth and p.auth_db:
             env["MLFLOW_AUTH_CONFIG_PATH"] = str(_auth_ini(Path(tmp), p.auth_db))
         # The server's own log goes to stderr: stdout carries only the line to export.
-        proc = subprocess.Popen(p.command(), env=env, start_new_session=True, stdout=sys.stderr)
+        # Tied to this process: the server and its workers end with it, even if it is SIGKILLed.
+        proc = subprocess.Popen(processes.tied(p.command()), env=env, start_new_session=True, stdout=sys.stderr)
         stopping: list[int] = []
 
         def forward(signum: int, frame: object) -> None:
