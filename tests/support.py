@@ -13,7 +13,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,3 +185,37 @@ class SeedStore:
     batch: dict[str, Any]  # what `python run_notebooks.py --config configs/seed.yaml --json` printed
     batch_runs: list[dict[str, Any]]  # the store's runs (runs_in) right after the batch
     train: dict[str, Any]  # what `mnistops train --config configs/seed.yaml --force --json` printed then
+
+
+# A script that holds a SQLite database's write lock (BEGIN IMMEDIATE) for argv[2] seconds, saying when it has it.
+LOCKER = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+db.execute("COMMIT")
+"""
+
+
+@contextlib.contextmanager
+def tiny_disk(folder: Path, size: str = "1m") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``folder`` (root only), unmounted afterwards."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=False)
+    if mounted.returncode != 0:
+        pytest.skip("needs root to mount a tmpfs (CI runs as root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the file system of ``folder`` to the last byte; the filler's path."""
+    filler = folder / "filler"
+    with contextlib.suppress(OSError), filler.open("wb") as f:
+        while True:
+            f.write(b"\0" * 4096)
+            f.flush()
+    return filler

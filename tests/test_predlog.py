@@ -11,23 +11,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mnistops.serve.predlog import PredictionLog
-
-# Holds the database's write lock (BEGIN IMMEDIATE) for argv[2] seconds, saying when it has it.
-LOCKER = """
-import sqlite3, sys, time
-db = sqlite3.connect(sys.argv[1], isolation_level=None)
-db.execute("BEGIN IMMEDIATE")
-print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
-db.execute("COMMIT")
-"""
+from support import LOCKER, fill, tiny_disk
 
 
 def add(log: PredictionLog, n: int, version: str = "1") -> None:
@@ -90,29 +80,6 @@ def test_past_its_bound_rows_are_dropped_and_counted_and_the_rest_written(tmp_pa
         locker.kill()
         log.close()
     assert rows(path) == 51
-
-
-@contextlib.contextmanager
-def tiny_disk(folder: Path, size: str = "1m") -> Iterator[Path]:
-    """A tmpfs of ``size`` mounted on ``folder`` (root only), unmounted afterwards."""
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=False)
-    if mounted.returncode != 0:
-        pytest.skip("needs root to mount a tmpfs (CI runs as root)")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
-def fill(folder: Path) -> Path:
-    """Fill the file system of ``folder`` to the last byte; the filler's path."""
-    filler = folder / "filler"
-    with contextlib.suppress(OSError), filler.open("wb") as f:
-        while True:
-            f.write(b"\0" * 4096)
-            f.flush()
-    return filler
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="needs root and mount")

@@ -715,13 +715,23 @@ def monitor_cmd(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from mnistops.monitor.run import monitor
+    from mnistops.config import load_config
+    from mnistops.monitor.run import monitor, read_batch
     from mnistops.serve.model import model_uri
 
+    if batch is not None:  # the user's file is checked before the store is asked anything
+        read_batch(batch, load_config(config, set_ or []).monitor.max_batch_images)
     cfg, uri = _store(config, set_)
     uri_watched = model or model_uri(cfg.serve, cfg.tracking.registered_model)
     result = monitor(
-        uri, uri_watched, batch=batch, since=since, prediction_log=cfg.serve.prediction_log, report=report, seed=seed
+        uri,
+        uri_watched,
+        batch=batch,
+        since=since,
+        prediction_log=cfg.serve.prediction_log,
+        report=report,
+        seed=seed,
+        max_images=cfg.monitor.max_batch_images,
     ).out
     if as_json:
         _emit_json(result)

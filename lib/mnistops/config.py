@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from mnistops.errors import ConfigError
 
 ENV_PREFIX = "MNISTOPS_"
-AFTER_TRAINING = ("tracking", "gate", "serve")  # config sections that do not change what a run trains
+AFTER_TRAINING = ("tracking", "gate", "serve", "monitor")  # config sections that do not change what a run trains
 
 
 class _Strict(BaseModel):
@@ -102,12 +102,19 @@ class ServeConfig(_Strict):
     max_body_bytes: int = Field(1_000_000, ge=1_000)  # a larger request body is refused with 413
     max_image_pixels: int = Field(16_000_000, ge=784)  # an uploaded image larger than this is not decoded
     batch_wait_ms: float = Field(2.0, ge=0, le=1000)  # how long concurrent requests are gathered
+    threads: int = Field(4, ge=1, le=256)  # decoding, preprocessing and model calls, off the event loop
     poll_seconds: float = Field(10.0, gt=0)  # how often the champion alias is looked up
     admin_token: str | None = None  # bearer token for POST /admin/reload; None: disabled
     prediction_log: str | None = "predictions.db"  # SQLite file; None: predictions are not recorded
     log_max_rows: int = Field(1_000_000, ge=1)
     log_queue_max: int = Field(100_000, ge=1)  # prediction rows that may wait for the disk; more are dropped
     log_max_age_days: float = Field(30.0, gt=0)
+
+
+class MonitorConfig(_Strict):
+    """What ``mnistops monitor`` accepts (none of it changes what a run trains)."""
+
+    max_batch_images: int = Field(100_000, ge=1)  # a batch file or log window larger than this is refused
 
 
 class Config(_Strict):
@@ -120,6 +127,7 @@ class Config(_Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready resolved config."""

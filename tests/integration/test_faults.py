@@ -434,3 +434,84 @@ def test_the_model_takes_what_people_pass_through_stock_mlflow(tmp_path: Path, m
     assert "float pixels must be in [0, 1], got 0..255" in float_range
     assert "expected images of shape (n, 28, 28) or (n, 784), got (40, 20, 20)" in shape
     assert "NaN" in nan
+
+
+# --- files that are not what they seem ---------------------------------------------------
+
+
+def _files(folder: Path, mnist: Dataset) -> dict[str, tuple[Path, str]]:
+    """Hostile or broken files, each with what its one-line error must say."""
+    import io
+    import zipfile
+
+    made: dict[str, tuple[Path, str]] = {}
+    bomb = folder / "bomb.npz"  # 1,000,000 blank images, compressed to under 1 MB
+    np.savez_compressed(bomb, images=np.zeros((1_000_000, 28, 28), np.uint8))
+    assert bomb.stat().st_size < 1_000_000
+    made["inflates to a million images"] = (bomb, "array 'images' declares 1,000,000 rows; at most 100,000")
+    header = io.BytesIO()  # a .npy header declaring (10**9, 28, 28), and no data
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (10**9, 28, 28)})
+    liar = folder / "liar.npz"
+    with zipfile.ZipFile(liar, "w") as z:
+        z.writestr("images.npy", header.getvalue())
+    made["declares a billion images"] = (liar, "array 'images' declares 1,000,000,000 rows; at most 100,000")
+    good = folder / "good.npz"
+    np.savez(good, images=mnist.images[:500])
+    truncated = folder / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[:200_000])
+    made["truncated"] = (truncated, "is not a readable .npz file (truncated or damaged")
+    pickled = folder / "pickled.npz"
+    np.savez(pickled, images=np.array([{"a": 1}, None], dtype=object))
+    made["needs pickle"] = (pickled, "array 'images' holds Python objects, which need pickle")
+    text = folder / "text.npz"
+    text.write_text("images,1,2,3\n")
+    made["text"] = (text, "is not a readable .npz file (it starts b'images'")
+    made["a folder"] = (folder, "is not a file: give the batch file as an .npz file")
+    return made
+
+
+def test_every_batch_file_is_checked_before_it_is_trusted(tmp_path: Path, mnist: Dataset) -> None:
+    """`monitor --batch`: each file refused with one line from its header, before anything is
+    inflated or the store is asked (the million-image bomb took 23 GB before the OOM killer)."""
+    import resource
+
+    files = tmp_path / "files"
+    files.mkdir()
+    for what, (path, message) in _files(files, mnist).items():
+        proc = cli("monitor", "--batch", str(path), cwd=tmp_path)
+        line = one_line_error(proc)
+        assert proc.returncode == 2, what
+        assert message in line, (what, line)
+    assert not (tmp_path / "mlflow.db").exists()  # refused before the store was asked
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    assert children < 2_000_000_000  # no command inflated the bomb (784 MB for its images alone)
+    plain = tmp_path / "plain.npy"  # a plain .npy of images is taken as the batch
+    np.save(plain, mnist.images[:7])
+    from mnistops.monitor.run import read_batch
+
+    np.testing.assert_array_equal(read_batch(plain), mnist.images[:7])
+
+
+def test_every_dataset_file_is_checked_before_it_is_trusted(tmp_path: Path, mnist: Dataset) -> None:
+    """`data validate --dataset FILE` and `train --set data.dataset=FILE`: the same files, one
+    line each (a plain .npy or a truncated .npz were 44- and 58-line tracebacks)."""
+    good = tmp_path / "digits.npz"
+    rows = np.arange(0, 70_000, 70)
+    np.savez(good, **Dataset("d", mnist.images[rows], mnist.labels[rows], mnist.is_train[rows]).official_arrays())
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    plain = tmp_path / "plain.npy"
+    np.save(plain, mnist.images[:10])
+    text = tmp_path / "text.npz"
+    text.write_text("x_train\n")
+    cases = [
+        (truncated, "is not a readable .npz file (truncated or damaged"),
+        (plain, "is neither a .npz file nor a folder of IDX files"),
+        (text, "is not a readable .npz file (it starts b'x_trai'"),
+    ]
+    for path, message in cases:
+        line = one_line_error(cli("data", "validate", "--dataset", str(path), cwd=tmp_path))
+        assert message in line, line
+    line = one_line_error(cli("train", "--set", f"data.dataset={truncated}", cwd=tmp_path))
+    assert "is not a readable .npz file (truncated or damaged" in line
+    assert runs(tmp_path) == []  # bad data: no run was started

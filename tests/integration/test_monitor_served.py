@@ -204,6 +204,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, session_cache: Path) -
     assert "images have shape [5, 27, 27]; expected (n, 28, 28) or (n, 784)" in line
     assert "exactly one of --batch FILE or --since" in one_line_error(work.cli("monitor", "--model", model))
     assert "is not a duration" in one_line_error(work.cli("monitor", "--since", "soon", "--model", model))
+    # Prediction logs that are not mnistops' logs: not a database, another database (were tracebacks).
+    (tmp_path / "words.db").write_text("not a database at all, just words " * 100)
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "other.db") as other:
+        other.execute("CREATE TABLE notes (text TEXT)")
+    for name in ("words.db", "other.db"):
+        proc = work.cli("monitor", "--since", "1h", "--model", model, "--set", f"serve.prediction_log={name}")
+        assert proc.returncode == 2
+        assert f"{name} is not a prediction log of mnistops serve" in one_line_error(proc)
 
     # A model trained before monitoring existed: its run has no reference profile.
     reference = next(tmp_path.glob("mlruns/**/monitoring/reference.npz"))

@@ -237,6 +237,8 @@ BAD_JSON = [
     (b'{"images": [[NaN' + b", 0.5" * 783 + b"]]}", 422, "images[0] holds NaN or infinity"),
     (json.dumps({"images": [IMAGE] * 257}).encode(), 413, "257 images in one request; at most 256"),
     (json.dumps({"images": [[[255] * 28] * 28] * 300}).encode(), 413, "at most 1,000,000 (serve.max_body_bytes)"),
+    (b"[" * 100_000 + b"]" * 100_000, 422, "the JSON nests 100,000 levels deep; at most 16"),
+    (b'{"images": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", 422, "the JSON nests 50,001 levels deep"),
 ]
 BAD_UPLOADS = [
     (b"", "image/png", 422, "the upload is empty"),
@@ -504,3 +506,165 @@ def test_a_server_ends_with_the_process_that_started_it_however_it_ends(trained:
 
     left = processes.sweep()  # what the next mnistops command does: the dead starter's log folder goes
     assert [p.name.split("-")[1] for p in left] == [str(starter.pid)]
+
+
+def _oversized(n: int = 5000) -> bytes:
+    """``n`` blank images as JSON: past serve.max_body_bytes (12 MB for 5,000), within the 16 MB
+    the server reads and drops before it answers."""
+    return json.dumps({"images": [[[0] * 28] * 28] * n}).encode()
+
+
+@pytest.mark.xdist_group("serve")
+def test_every_client_reads_the_413_of_a_body_past_the_limit(server: launch.Server, tmp_path: Path) -> None:
+    """Clients that send the whole body before they read (urllib, requests) used to see "connection
+    reset by peer": the server closed with the body unread. It reads and drops it (up to 16 MB)."""
+    import urllib.error
+    import urllib.request
+
+    import httpx
+    import requests
+
+    body = _oversized()
+    assert 8_000_000 < len(body) < 16_000_000
+    want = f"the body is {len(body):,} bytes; at most 1,000,000 (serve.max_body_bytes)"
+    request = urllib.request.Request(server.url + "/predict", data=body, headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 413 and json.loads(refused.value.read())["detail"] == want
+    answer = requests.post(server.url + "/predict", data=body, timeout=60)
+    assert answer.status_code == 413 and answer.json()["detail"] == want
+    answer2 = httpx.post(server.url + "/predict", content=body, timeout=60)
+    assert answer2.status_code == 413 and answer2.json()["detail"] == want
+    (tmp_path / "body.json").write_bytes(body)
+    curl = subprocess.run(
+        ["curl", "-s", "-w", "\\n%{http_code}", "--data-binary", f"@{tmp_path / 'body.json'}", server.url + "/predict"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    detail, code = curl.stdout.rsplit("\n", 1)
+    assert code == "413" and json.loads(detail)["detail"] == want
+
+
+@pytest.mark.xdist_group("serve")
+def test_a_chunked_upload_is_refused_at_the_limit_as_it_streams(server: launch.Server) -> None:
+    """No Content-Length to refuse it by: the body is counted as it comes and refused once past the
+    limit; what follows is read and dropped, never kept: the server's memory does not grow with a
+    200 MB upload (it used to read and spool all of it before its 413)."""
+    import httpx
+    import psutil
+
+    served = [p for p in psutil.Process(server.process.pid).children(recursive=True) if "serve" in p.cmdline()]
+    before = served[0].memory_info().rss
+    sent = [0]
+
+    def chunks(megabytes: int) -> Any:
+        yield b'--b\r\nContent-Disposition: form-data; name="image"; filename="d.png"\r\n\r\n'
+        for _ in range(megabytes):
+            sent[0] += 1_000_000
+            yield b"\0" * 1_000_000
+
+    kinds = {"Content-Type": "multipart/form-data; boundary=b"}
+    with httpx.Client(timeout=120) as http:
+        for megabytes in (5, 200):
+            answer = http.post(server.url + "/predict/image", content=chunks(megabytes), headers=kinds)
+            assert answer.status_code == 413
+            assert answer.json()["detail"] == "the body passed 1,000,000 bytes (serve.max_body_bytes)"
+    assert sent[0] == 205_000_000
+    assert served[0].memory_info().rss - before < 50_000_000  # not the 160 MB of a spooled body
+    assert server.get("/health") == {"status": "ok"}
+
+
+def _health_while(server: launch.Server, work: Any) -> tuple[list[float], float]:
+    """Seconds each ``/health`` took while ``work()`` ran on four threads, and ``work``'s slowest."""
+    import threading
+
+    done, took, latencies = threading.Event(), [], []
+
+    def one() -> None:
+        t0 = time.perf_counter()
+        work()
+        took.append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    waiter = threading.Thread(target=lambda: [t.join() for t in threads] and done.set())
+    waiter.start()
+    while not done.is_set():
+        t0 = time.perf_counter()
+        assert server.get("/health") == {"status": "ok"}
+        latencies.append(time.perf_counter() - t0)
+    waiter.join()
+    return latencies, max(took)
+
+
+@pytest.mark.xdist_group("serve")
+def test_health_answers_while_large_uploads_are_decoded(server: launch.Server) -> None:
+    """Four 4000x4000 PNGs (31 KB each, inside the 16-megapixel limit) decode on the server's
+    threads: /health keeps answering meanwhile, each time in a small part of an upload's time (it
+    waited for the decoding, up to 1.8 s, when that ran on the event loop)."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    big = Image.new("L", (4000, 4000), 255)
+    big.paste(0, (1500, 1000, 2500, 3000))  # a dark bar: something to make MNIST-like
+    big.save(out, format="PNG", optimize=True)
+    data = out.getvalue()
+    assert len(data) < 100_000
+
+    latencies, slowest_upload = _health_while(server, lambda: server.post("/predict/image", data, "image/png"))
+    print(f"/health: {len(latencies)} answers, slowest {max(latencies):.3f} s; slowest upload {slowest_upload:.3f} s")
+    assert len(latencies) >= 5
+    assert max(latencies) < slowest_upload / 4
+
+
+@pytest.mark.xdist_group("serve")
+def test_the_prediction_log_keeps_every_answer_through_a_lock_and_a_full_disk(
+    trained: Store, mnist: Dataset, tmp_path: Path
+) -> None:
+    """The log on a 2 MB tmpfs (root; else on plain disk, the lock alone): another process holds
+    its write lock for 8 s, then the disk fills for a few seconds. /health says so while it lasts,
+    nothing is dropped, and after SIGTERM every answered prediction is in the log."""
+    import contextlib
+
+    from support import LOCKER, fill, tiny_disk
+
+    disk = tmp_path / "disk"
+    mounted = os.geteuid() == 0
+    with tiny_disk(disk, "2m") if mounted else contextlib.nullcontext(disk.mkdir() or disk):
+        log = disk / "served.db"
+        s = trained.start("--set", f"serve.prediction_log={log}", "--set", "serve.poll_seconds=600")
+        answered = 0
+        try:
+            launch.wait_ready(s)
+            locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(log), "8"], stdout=subprocess.PIPE, text=True)
+            assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+            for i in range(30):
+                answered += len(s.predict(mnist.images[i : i + 1])["predictions"])
+            time.sleep(2.0)
+            health = s.get("/health")
+            assert health["status"] == "degraded" and "database is locked" in health["prediction_log"], health
+            assert locker.wait(timeout=60) == 0
+            for i in range(30, 80):
+                answered += len(s.predict(mnist.images[i : i + 1])["predictions"])
+            if mounted:
+                filler = fill(disk)
+                for i in range(80, 120):
+                    answered += len(s.predict(mnist.images[i : i + 1])["predictions"])
+                time.sleep(2.0)
+                assert s.get("/health")["status"] == "degraded"
+                filler.unlink()
+            deadline = time.monotonic() + 30
+            while s.get("/health") != {"status": "ok"} and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert s.get("/health") == {"status": "ok"}
+            text = s.get("/metrics")
+        finally:
+            assert s.stop() == 0
+        with contextlib.closing(sqlite3.connect(log)) as db:
+            logged = db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+    assert answered == (120 if mounted else 80) and logged == answered
+    assert metric(text, "mnistops_prediction_log_dropped_total") == 0
+    assert metric(text, "mnistops_prediction_log_errors_total") >= 3

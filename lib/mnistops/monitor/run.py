@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from mnistops.config import MonitorConfig
 from mnistops.errors import DataError, MnistopsError
 from mnistops.monitor import checks, reference
 
@@ -46,17 +47,15 @@ def window_start(text: str, now: float) -> float:
     return now - parse_duration(text)
 
 
-def read_batch(path: Path) -> np.ndarray:
-    """``uint8 (n, 28, 28)`` from an ``.npz`` holding ``images`` (``(n, 28, 28)`` or ``(n, 784)``, 0..255)."""
-    if not path.is_file():
+def read_batch(path: Path, max_images: int = MonitorConfig().max_batch_images) -> np.ndarray:
+    """``uint8 (n, 28, 28)`` from an ``.npz`` holding ``images`` (``(n, 28, 28)`` or ``(n, 784)``, 0..255),
+    or a plain ``.npy`` of them; at most ``max_images``, refused from the file's header before it
+    is read (:mod:`mnistops.data.arrays`)."""
+    from mnistops.data.arrays import read_arrays
+
+    if not path.exists():
         raise DataError(f"no batch file at {path}: give an .npz with an 'images' array")
-    try:
-        with np.load(path) as z:
-            if "images" not in z:
-                raise DataError(f"{path} holds {sorted(z.files)}, no 'images' array: save the batch as images=...")
-            images = np.asarray(z["images"])
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path} is not a readable .npz file ({exc})") from None
+    images = read_arrays(path, ["images"], max_images, "batch file")["images"]
     return checked_images(images, f"{path}: ")
 
 
@@ -111,6 +110,7 @@ def monitor(
     seed: int = 0,
     record: bool = True,
     parent_run_id: str = "",
+    max_images: int = MonitorConfig().max_batch_images,
 ) -> Monitored:
     """Check a batch file, the ``since`` window of the prediction log, or ``images``; see :class:`Monitored`.
 
@@ -121,11 +121,13 @@ def monitor(
         raise MnistopsError("give exactly one of --batch FILE or --since DURATION (e.g. --since 24h)")
     if report is not None and not report.parent.is_dir():
         raise MnistopsError(f"the report's folder {report.parent} does not exist: create it or write elsewhere")
+    if batch is not None:  # the user's file first: a bad one is refused before the store is asked
+        images = read_batch(batch, max_images)
     model = watched(tracking_uri, model_uri)
     ref = reference.for_run(tracking_uri, model.run_id)
-    if batch is not None or images is not None:
+    if images is not None:
         window: dict[str, Any] = {"batch": str(batch)} if batch is not None else {"batch": "given images"}
-        images = read_batch(batch) if batch is not None else checked_images(images)
+        images = checked_images(images)
         from mnistops.serve import model as models
 
         served = models.load(model.uri, tracking_uri)
@@ -133,7 +135,7 @@ def monitor(
         predicted, confidence = proba.argmax(axis=1), proba.max(axis=1)
     else:
         assert since is not None
-        images, predicted, confidence, window = _from_log(prediction_log, since, model, tracking_uri)
+        images, predicted, confidence, window = _from_log(prediction_log, since, model, tracking_uri, max_images)
     started = time.perf_counter()
     result = checks.compare(ref, images, predicted, confidence, seed)
     elapsed = time.perf_counter() - started
@@ -169,7 +171,7 @@ def checked_images(images: Any, where: str = "") -> np.ndarray:
 
 
 def _from_log(
-    path: str | None, since: str, model: Watched, tracking_uri: str
+    path: str | None, since: str, model: Watched, tracking_uri: str, max_images: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     from mnistops.serve.predlog import read
 
@@ -180,7 +182,7 @@ def _from_log(
         raise MnistopsError(f"no prediction log at {log_path}: serve a model first (mnistops serve), or pass --batch")
     now = time.time()
     start = window_start(since, now)
-    rows = read(log_path, since=start, until=now)
+    rows = read(log_path, since=start, until=now, max_rows=max_images)
     keep = rows["version"] == model.version if model.version else np.ones(len(rows["ts"]), bool)
     if not keep.any():
         versions = sorted(set(rows["version"].tolist()))

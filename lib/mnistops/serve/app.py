@@ -26,6 +26,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,11 @@ def create_app(cfg: ServeConfig, tracking_uri: str, registered_model: str = "mni
                 on_drop=metrics.log_dropped.inc,
             )
         state["predlog"] = predlog
-        batcher = MicroBatcher(lambda: holder.current, _predict, cfg.max_batch, cfg.batch_wait_ms / 1000)
+        # Decoding, preprocessing and model calls run here, never on the event loop: /health and
+        # the other requests are answered while a large upload is decoded.
+        pool = ThreadPoolExecutor(cfg.threads, thread_name_prefix="mnistops-serve")
+        state["pool"] = pool
+        batcher = MicroBatcher(lambda: holder.current, _predict, cfg.max_batch, cfg.batch_wait_ms / 1000, executor=pool)
         batcher.start()
         state["batcher"] = batcher
         follower = asyncio.get_running_loop().create_task(follow())
@@ -122,6 +127,7 @@ def create_app(cfg: ServeConfig, tracking_uri: str, registered_model: str = "mni
             with contextlib.suppress(asyncio.CancelledError):
                 await follower
             await batcher.stop()
+            pool.shutdown(wait=True)
             if predlog is not None:
                 predlog.close()  # every queued prediction is written before the process ends
 
@@ -169,10 +175,13 @@ def create_app(cfg: ServeConfig, tracking_uri: str, registered_model: str = "mni
             **(extra or {}),
         }
 
+    async def off_loop(work: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(state["pool"], work, *args)
+
     @app.post("/predict")
     async def predict(request: Request) -> Any:
         body = await _read_body(request, cfg.max_body_bytes)
-        return await answer(images_from_json(body, cfg.max_batch), "/predict")
+        return await answer(await off_loop(images_from_json, body, cfg.max_batch), "/predict")
 
     @app.post("/predict/image")
     async def predict_image(request: Request) -> Any:
@@ -181,7 +190,7 @@ def create_app(cfg: ServeConfig, tracking_uri: str, registered_model: str = "mni
             data = await _read_upload(request, cfg.max_body_bytes)
         else:
             data = await _read_body(request, cfg.max_body_bytes)
-        image = image_from_upload(data, cfg.max_image_pixels)
+        image = await off_loop(image_from_upload, data, cfg.max_image_pixels)
         return await answer(image[None], "/predict/image", {"input": image.tolist()})
 
     @app.get("/", response_class=HTMLResponse)
@@ -256,7 +265,7 @@ def _version() -> str:
 # whole body before it reads the answer (Python's urllib, requests) sees "connection reset" instead
 # of the 413 if the server closes with the body unread; reading it costs one chunk of memory at a
 # time. A body larger than this is cut off unread (the client may then see the reset).
-DRAIN_BYTES = 64_000_000
+DRAIN_BYTES = 16_000_000
 
 
 async def _drain(request: Any, budget: int = DRAIN_BYTES) -> None:
@@ -295,17 +304,20 @@ async def _read_body(request: Any, limit: int) -> bytes:
 
 
 async def _read_upload(request: Any, limit: int) -> bytes:
-    """The first file of a multipart form, within ``limit`` bytes."""
-    await _refuse_declared_size(request, limit)
+    """The first file of a multipart form, the whole body within ``limit`` bytes: it is counted as
+    it streams (a chunked upload has no ``Content-Length`` to refuse it by), then parsed."""
+    body = await _read_body(request, limit)
+
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
     try:
-        form = await request.form(max_files=1, max_fields=10)
+        form = await Request(request.scope, replay).form(max_files=1, max_fields=10)
     except Exception as exc:
         raise BadInput(400, f"the multipart form could not be read: {exc}") from None
     for value in form.values():
         if hasattr(value, "read"):
             data: bytes = await value.read()
-            if len(data) > limit:
-                raise BadInput(413, f"the upload is {len(data):,} bytes; at most {limit:,} (serve.max_body_bytes)")
             return data
     raise BadInput(422, "the form holds no file: upload the image as a file field (e.g. curl -F image=@digit.png)")
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,8 @@ class _Pending:
 
 class MicroBatcher:
     """Gathers ``uint8 (n, 28, 28)`` requests for up to ``wait_s`` seconds or ``max_images``
-    images, then calls ``predict(model, images)`` once for all of them."""
+    images, then calls ``predict(model, images)`` once for all of them, on ``executor`` (default:
+    the event loop's own)."""
 
     def __init__(
         self,
@@ -37,8 +39,9 @@ class MicroBatcher:
         predict: Callable[[Any, np.ndarray], np.ndarray],
         max_images: int = 256,
         wait_s: float = 0.002,
+        executor: Executor | None = None,
     ) -> None:
-        self.current, self.predict = current, predict
+        self.current, self.predict, self.executor = current, predict, executor
         self.max_images, self.wait_s = max_images, wait_s
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
@@ -83,7 +86,7 @@ class MicroBatcher:
             model = self.current()  # one model for the whole batch, even if a new one arrives
             try:
                 stacked = np.concatenate([p.images for p in batch])
-                proba = await loop.run_in_executor(None, self.predict, model, stacked)
+                proba = await loop.run_in_executor(self.executor, self.predict, model, stacked)
             except Exception as exc:
                 log.exception("prediction failed")
                 for p in batch:

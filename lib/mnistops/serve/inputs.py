@@ -35,11 +35,25 @@ class BadInput(ValueError):
         self.detail = detail
 
 
+MAX_JSON_DEPTH = 16  # {"images": [[[...]]]} nests 4 deep; Python's parser recurses once per level
+
+
+def json_depth(body: bytes) -> int:
+    """How deep the brackets of ``body`` nest (counted on the bytes, before any parsing; brackets
+    inside strings count too, which only a body no client of ours sends could trip over)."""
+    raw = np.frombuffer(body, np.uint8)
+    steps = np.isin(raw, (ord("["), ord("{"))).astype(np.int32) - np.isin(raw, (ord("]"), ord("}")))
+    return int(np.cumsum(steps).max(initial=0))
+
+
 def images_from_json(body: bytes, max_images: int) -> np.ndarray:
     """``uint8 (n, 28, 28)`` from a JSON body ``{"images": [...]}``."""
+    depth = json_depth(body)
+    if depth > MAX_JSON_DEPTH:
+        raise BadInput(422, f'the JSON nests {depth:,} levels deep; at most {MAX_JSON_DEPTH}: send {{"images": [...]}}')
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BadInput(400, f'the body is not JSON ({exc}): send {{"images": [...]}}') from None
     if not isinstance(data, dict) or "images" not in data:
         raise BadInput(422, 'expected a JSON object {"images": [...]}: a list of 28x28 or 784-pixel images')

@@ -206,14 +206,37 @@ class PredictionLog:
         db.execute("DELETE FROM predictions WHERE id <= (SELECT MAX(id) FROM predictions) - ?", (self.max_rows,))
 
 
-def read(path: Path, since: float = 0.0, until: float | None = None) -> dict[str, np.ndarray]:
+def read(
+    path: Path, since: float = 0.0, until: float | None = None, max_rows: int | None = None
+) -> dict[str, np.ndarray]:
     """The log's rows from ``since`` to ``until`` (seconds since the epoch): ``ts``, ``version``,
-    ``images`` (``uint8 (n, 28, 28)``), ``label``, ``confidence``."""
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        rows = db.execute(
-            "SELECT ts, version, image, label, confidence FROM predictions WHERE ts >= ? AND ts <= ? ORDER BY id",
-            (since, until if until is not None else time.time() + 1),
-        ).fetchall()
+    ``images`` (``uint8 (n, 28, 28)``), ``label``, ``confidence``.
+
+    Raises:
+        DataError: ``path`` is not a prediction log of mnistops (not SQLite, no ``predictions``
+            table), or the window holds more than ``max_rows`` rows.
+    """
+    from mnistops.errors import DataError
+
+    until = until if until is not None else time.time() + 1
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            (n,) = db.execute("SELECT COUNT(*) FROM predictions WHERE ts >= ? AND ts <= ?", (since, until)).fetchone()
+            if max_rows is not None and n > max_rows:
+                raise DataError(
+                    f"the prediction log {path} holds {n:,} predictions in that window; at most {max_rows:,} "
+                    "are checked at once (monitor.max_batch_images): give a shorter --since"
+                )
+            rows = db.execute(
+                "SELECT ts, version, image, label, confidence FROM predictions WHERE ts >= ? AND ts <= ? ORDER BY id",
+                (since, until),
+            ).fetchall()
+    except sqlite3.Error as exc:
+        raise DataError(
+            f"{path} is not a prediction log of mnistops serve ({exc}): point serve.prediction_log at its file"
+        ) from None
+    if any(len(r[2]) != 784 for r in rows):
+        raise DataError(f"{path} holds images that are not 784 bytes: it is not a prediction log of mnistops serve")
     images = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.uint8).reshape(len(rows), 28, 28)
     return {
         "ts": np.array([r[0] for r in rows]),
