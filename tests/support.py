@@ -214,8 +214,9 @@ def tiny_disk(folder: Path, size: str = "1m") -> Iterator[Path]:
 def fill(folder: Path) -> Path:
     """Fill the file system of ``folder`` to the last byte; the filler's path."""
     filler = folder / "filler"
-    with contextlib.suppress(OSError), filler.open("wb") as f:
-        while True:
-            f.write(b"\0" * 4096)
-            f.flush()
+    with filler.open("wb", buffering=0) as f:
+        for block in (1 << 20, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * block)
     return filler

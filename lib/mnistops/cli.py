@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mnistops.errors import GateError, MnistopsError
+from mnistops.errors import GateError, MnistopsError, no_space
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -881,23 +881,24 @@ def main() -> None:
     gc_phases.pause()
     try:
         app()
-    except MnistopsError as exc:
-        _fail(str(exc), exc.exit_code)
-    except OSError as exc:
-        if not exc.filename:
-            raise
-        # A user path that cannot be read or written (read-only, missing folder, disk full):
-        # one line naming it, as for our own errors.
-        _fail(f"{exc.strerror or exc}: {exc.filename}", 2)
     except KeyboardInterrupt:
         _err().print("[bold red]interrupted[/]")
         sys.exit(130)
     except BaseException as exc:
-        from mnistops.tracking.store import Terminated
+        from mnistops.tracking.store import Terminated, default_store_path
 
         if isinstance(exc, Terminated):
             _err().print("[bold red]terminated[/]")
             sys.exit(143)
+        full = no_space(exc, default_store_path())
+        if full is not None:  # whatever filled the disk on its way: one line, no traceback
+            _fail(str(full), full.exit_code)
+        if isinstance(exc, MnistopsError):
+            _fail(str(exc), exc.exit_code)
+        if isinstance(exc, OSError) and exc.filename:
+            # A user path that cannot be read or written (read-only, missing folder): one line
+            # naming it, as for our own errors.
+            _fail(f"{exc.strerror or exc}: {exc.filename}", 2)
         raise
     finally:
         gc_phases.freeze_for_exit()

@@ -57,3 +57,33 @@ class ReproductionError(MnistopsError, RuntimeError):
 
 class MissingExtraError(MnistopsError, ImportError):
     """An optional dependency is needed: the message names the extra to install."""
+
+
+class NoSpaceError(MnistopsError, OSError):
+    """The disk filled while writing: ``no space left on device writing PATH``."""
+
+
+# What a full disk says, through Python (ENOSPC) and through SQLite (MLflow passes its words on).
+_NO_SPACE_WORDS = ("No space left on device", "database or disk is full")
+
+
+def no_space(exc: BaseException, where: object) -> NoSpaceError | None:
+    """A :class:`NoSpaceError` if ``exc`` (or what caused it) is a full disk, else None.
+
+    The path is the file the system named, else ``where`` (the store's database, say): SQLite and
+    MLflow say that the disk is full, not which file they were writing.
+    """
+    import errno
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, NoSpaceError):
+            return seen
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return NoSpaceError(
+                f"no space left on device writing {seen.filename or where}: free some space and run it again"
+            )
+        if any(words in str(seen) for words in _NO_SPACE_WORDS):
+            return NoSpaceError(f"no space left on device writing {where}: free some space and run it again")
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -515,3 +515,91 @@ def test_every_dataset_file_is_checked_before_it_is_trusted(tmp_path: Path, mnis
     line = one_line_error(cli("train", "--set", f"data.dataset={truncated}", cwd=tmp_path))
     assert "is not a readable .npz file (truncated or damaged" in line
     assert runs(tmp_path) == []  # bad data: no run was started
+
+
+# --- a full disk -------------------------------------------------------------------------
+
+
+def _fill_when(proc: subprocess.Popen[str], said: str, disk: Path, deadline_s: float = 240) -> tuple[Path, str]:
+    """Fill ``disk`` once ``proc`` writes ``said`` on stderr; the filler, and all it wrote."""
+    from support import fill
+
+    assert proc.stderr is not None
+    seen, deadline = [], time.monotonic() + deadline_s
+    for line in proc.stderr:
+        seen.append(line)
+        if said in line or time.monotonic() > deadline:
+            break
+    filler = fill(disk)
+    return filler, "".join(seen) + proc.stderr.read()
+
+
+def _whole_or_absent(folder: Path) -> list[str]:
+    """Files under ``folder`` that a reader would find half-written: a logged model without its
+    MLmodel, an executed notebook that is not JSON."""
+    bad = [str(m) for m in folder.glob("mlruns/**/models/*/artifacts") if not (m / "MLmodel").is_file()]
+    for nb in folder.glob("**/*.ipynb"):
+        try:
+            json.loads(nb.read_text())
+        except ValueError:
+            bad.append(str(nb))
+    return bad
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="needs root to mount a tmpfs")
+def test_a_full_disk_during_training_is_one_line_and_leaves_nothing_half_done(
+    tmp_path: Path, small_mnist: Path
+) -> None:
+    """The store on a 64 MB tmpfs that fills as the model is being logged: one line (it was ~1,000
+    and 20 tracebacks), exit 2, no half-written model; once the disk is freed the next command ends
+    the run FAILED."""
+    from support import tiny_disk
+
+    with tiny_disk(tmp_path / "disk", "64m") as disk:
+        big = ["--set", "model.params.n_estimators=150", "--set", "model.params.max_depth=30"]
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mnistops", "-v", "train", *big],
+            cwd=disk,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        filler, err = _fill_when(proc, "stage log_model started", disk)
+        assert proc.wait(timeout=300) == 2, err[-3000:]
+        assert "Traceback" not in err and len(err.splitlines()) < 60, err[-3000:]
+        print(err[-2000:])
+        assert err.rstrip().splitlines()[-1].startswith(f"error: no space left on device writing {disk}/")
+        assert _whole_or_absent(disk) == []
+        filler.unlink()
+        listed = cli("runs", "list", "--json", cwd=disk)
+        assert listed.returncode == 0, listed.stderr
+        assert [r["status"] for r in json.loads(listed.stdout)] == ["FAILED"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="needs root to mount a tmpfs")
+def test_a_full_disk_during_a_batch_is_one_line_and_leaves_nothing_half_done(
+    tmp_path: Path, session_cache: Path, digits10k: Path
+) -> None:
+    """A batch whose store and executed copies are on a tmpfs that fills as 03_train trains: one
+    error line, no executed notebook cut short (it was cut at 16,384 bytes, not JSON), and no run
+    RUNNING once the next command ran on the freed disk."""
+    from support import env_for, tiny_disk
+
+    with tiny_disk(tmp_path / "disk", "64m") as disk:
+        cmd = [sys.executable, str(ROOT / "run_notebooks.py"), "-v", "--out", str(disk / "outputs")]
+        cmd += ["--only", "02,03", "-p", "dataset", str(digits10k), "-p", "n_estimators", "150"]
+        env = env_for(disk, session_cache)
+        proc = subprocess.Popen(cmd, cwd=disk, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        filler, err = _fill_when(proc, "03_train: kernel ready", disk)
+        code = proc.wait(timeout=300)
+        assert code in (1, 2) and "Traceback" not in err, err[-3000:]
+        (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        print(err[-2000:])
+        assert "no space left on device writing" in line, err[-3000:]
+        assert _whole_or_absent(disk) == []
+        filler.unlink()
+        listed = cli("runs", "list", "--json", cwd=disk, env={"MLFLOW_TRACKING_URI": f"sqlite:///{disk / 'mlflow.db'}"})
+        assert listed.returncode == 0, listed.stderr
+        assert "RUNNING" not in {r["status"] for r in json.loads(listed.stdout)}

@@ -513,6 +513,8 @@ class _Batch:
     def _run_one(self, i: int, nb: Notebook, result: BatchResult, out_dir: Path, stop: _Stop) -> None:
         record, kernel, run_id = result.notebooks[i], self.kernels[i], result.run_id
         out_nb = out_dir / nb.path.name
+        # papermill writes the copy as the cells run; it goes into place only whole (_publish).
+        part = out_dir / f".{nb.path.stem}.part.ipynb"
         record.status, record.ipynb = "running", str(out_nb)
         t0 = time.perf_counter()
         stop.kernel = kernel
@@ -521,12 +523,13 @@ class _Batch:
             kernel.ready(self.start_timeout)
             log.info("%s: kernel ready after %.2f s of waiting", nb.name, time.perf_counter() - t0)
             t0 = time.perf_counter()
-            _execute(nb, out_nb, self._params(nb, result), kernel, self.progress, stop, self.cell_timeout)
+            _execute(nb, part, self._params(nb, result), kernel, self.progress, stop, self.cell_timeout)
         except BaseException as exc:  # papermill's and nbclient's errors, ours, and signals
             failure = exc
         finally:
             stop.kernel = None
             record.seconds = round(time.perf_counter() - t0, 3)
+            _publish(part, out_nb)
         if out_nb.exists():
             self.logged.append(self.io.submit(_render_and_log, self.uri, run_id, out_nb, record))
         if "batch_run_id" in nb.parameters:
@@ -567,6 +570,22 @@ class _Batch:
         c = store.client(self.uri)
         for key, value in tags.items():
             c.set_tag(result.run_id, key, value)
+
+
+def _publish(part: Path, final: Path) -> None:
+    """Put the executed copy ``part`` into place as ``final`` if it is whole; else remove it. A
+    reader finds a whole notebook or none: a full disk cuts papermill's writes anywhere."""
+    import json
+
+    try:
+        json.loads(part.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as exc:
+        log.error("the executed copy of %s is not whole (%s): not kept", final.name, exc)
+        part.unlink(missing_ok=True)
+        return
+    part.replace(final)
 
 
 def _execute(

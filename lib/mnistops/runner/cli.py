@@ -389,5 +389,16 @@ def main(root: Path, argv: list[str] | None = None) -> None:
     except Terminated:
         err.print("[bold red]terminated[/]: the batch run ended KILLED")
         sys.exit(143)
+    except Exception as exc:
+        from mnistops.errors import no_space
+        from mnistops.tracking.store import default_store_path
+
+        full = no_space(exc, default_store_path())
+        if full is None:
+            raise
+        from rich.markup import escape
+
+        err.print(f"[bold red]error:[/] {escape(str(full))}", highlight=False, soft_wrap=True)  # one line
+        sys.exit(full.exit_code)
     finally:
         gc_phases.freeze_for_exit()

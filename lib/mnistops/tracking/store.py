@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from mnistops import processes
-from mnistops.errors import RunNotFoundError, StoreNotFoundError, TrackingError
+from mnistops.errors import RunNotFoundError, StoreNotFoundError, TrackingError, no_space
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,12 @@ class Terminated(BaseException):
 def resolve_uri(config_uri: str | None) -> str:
     """``MLFLOW_TRACKING_URI``, else the config's URI, else ``sqlite:///mlflow.db``."""
     return os.environ.get("MLFLOW_TRACKING_URI") or config_uri or DEFAULT_URI
+
+
+def default_store_path() -> str:
+    """The database file of the store :func:`resolve_uri` picks without a config (or its URI)."""
+    uri = resolve_uri(None)
+    return str(sqlite_path(uri) or uri)
 
 
 def absolute_uri(uri: str) -> str:
@@ -61,6 +67,9 @@ def _quiet_mlflow() -> None:
 
     for name in ("mlflow", "alembic", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow logs each failed statement with its whole SQL and traceback before it raises; mnistops
+    # says what failed in one line (and the run's log keeps the exception).
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -437,7 +446,7 @@ def tracked_run(
 
     run = mlflow.start_run(run_name=run_name, tags={**tags, **orphans.owner_tags()})
     log.info("run %s started in experiment %r of %s", run.info.run_id, experiment, uri)
-    status = "FAILED"
+    status, full = "FAILED", None
     try:
         yield run
         status = "FINISHED"
@@ -446,7 +455,11 @@ def tracked_run(
         log.error("run %s interrupted", run.info.run_id)
         raise
     except BaseException as exc:
-        log.error("run %s failed: %s", run.info.run_id, exc)
+        full = no_space(exc, sqlite_path(uri) or uri)
+        said = str(full or exc).strip()
+        log.error("run %s failed: %s", run.info.run_id, said.splitlines()[0] if said else type(exc).__name__)
+        if full is not None:  # one line, not the store's tracebacks
+            raise full from None
         raise
     finally:
         log.info("run %s ends %s", run.info.run_id, status)
@@ -455,8 +468,10 @@ def tracked_run(
             mlflow.log_artifact(str(run_log.path))
         try:
             mlflow.end_run(status)
-        except Exception:  # the store went away: nothing more we can record
-            log.exception("could not mark run %s %s", run.info.run_id, status)
+        except Exception as exc:  # the store went away or is full: the next command ends it (orphans)
+            log.error("could not mark run %s %s: %s", run.info.run_id, status, str(exc).splitlines()[0])
+            with contextlib.suppress(Exception):
+                mlflow.end_run(status)  # at least this process's notion of the active run
         run_log.remove()
 
 
@@ -501,8 +516,6 @@ def log_model(model_dir: Path, input_example: Any, pip_requirements: list[str]) 
     import mlflow
     from mlflow.models import Model
 
-    from mnistops.train import pyfunc_model
-
     # What mlflow.pyfunc.log_model does, minus validate_serving_input: that check loads the
     # whole model a second time in this process (over a second and the model's size in RAM
     # for a forest). The tests load every logged model in a fresh process instead.
@@ -516,10 +529,33 @@ def log_model(model_dir: Path, input_example: Any, pip_requirements: list[str]) 
             kwargs.pop("validate_serving_input", None)
             mlflow.pyfunc.save_model(**kwargs)
 
-    return Model.log(
+    try:
+        return _log_pyfunc(Model, _Pyfunc, model_dir, input_example, pip_requirements)
+    except BaseException:
+        _remove_failed_upload()
+        raise
+
+
+def _remove_failed_upload() -> None:
+    """The files of a model whose logging failed half-way (a full disk): a reader finds the whole
+    model or none. Its record in the store stays, marked failed by MLflow."""
+    import mlflow
+
+    with contextlib.suppress(Exception):
+        model = mlflow.last_logged_model()
+        if model is not None and model.artifact_location.startswith("file://"):
+            folder = Path(model.artifact_location.removeprefix("file://"))
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed the files of model %s, whose logging failed", model.model_id)
+
+
+def _log_pyfunc(model: Any, flavor: Any, model_dir: Path, input_example: Any, pip_requirements: list[str]) -> Any:
+    from mnistops.train import pyfunc_model
+
+    return model.log(
         artifact_path=None,
         name="model",
-        flavor=_Pyfunc,
+        flavor=flavor,
         flavor_name="pyfunc.ModelFromCode",
         python_model=pyfunc_model.__file__,
         artifacts={"model_dir": str(model_dir)},
