@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from support import ROOT, SeedStore, env_for, run_batch, runs_in
+from support import ROOT, SeedStore, env_for, run_batch, run_cli, runs_in
 
 
 @pytest.fixture(scope="session")
@@ -24,14 +22,7 @@ def seed_store(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) ->
     proc = run_batch(work, session_cache, "--config", seed, "--json")
     assert proc.returncode == 0, proc.stderr[-4000:]
     batch, batch_runs = json.loads(proc.stdout), runs_in(work)
-    proc = subprocess.run(
-        [sys.executable, "-m", "mnistops", "train", "--config", seed, "--force", "--json"],
-        cwd=work,
-        env=env_for(work, session_cache),
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    env = env_for(work, session_cache)
+    proc = run_cli("train", "--config", seed, "--force", "--json", env=env, cwd=work, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return SeedStore(work, batch, batch_runs, json.loads(proc.stdout))
