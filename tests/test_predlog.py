@@ -39,6 +39,7 @@ def wait_for(condition: object, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # an 8-second lock, as in the report
 def test_rows_answered_while_another_process_holds_the_lock_are_all_written(tmp_path: Path) -> None:
     path = tmp_path / "predictions.db"
     errors, dropped = [], []
@@ -82,6 +83,7 @@ def test_past_its_bound_rows_are_dropped_and_counted_and_the_rest_written(tmp_pa
     assert rows(path) == 51
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="needs root and mount")
 def test_rows_answered_while_the_disk_is_full_are_all_written_once_it_is_freed(tmp_path: Path) -> None:
     with tiny_disk(tmp_path / "disk") as disk:
