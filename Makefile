@@ -37,9 +37,10 @@ lab: install ## JupyterLab on 127.0.0.1 with the project's kernel; the store is 
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(STORE)} $(BIN)/jupyter lab --ip 127.0.0.1 --port $(LAB_PORT) \
 		--no-browser --notebook-dir notebooks $(LAB_ARGS)
 
-lint: install
+lint: install ## ruff, the formatter's check, and the package's layers (import-linter)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: install
 	$(BIN)/mypy

@@ -34,7 +34,8 @@ def main() -> None:
 
     from mnistops.data import sources
     from mnistops.data.split import make_split
-    from mnistops.monitor import checks, reference, simulate
+    from mnistops.evaluate import reference
+    from mnistops.monitor import checks, simulate
 
     ds = sources.load("mnist")
     split = make_split(ds, "stratified", 0.2, 42)

@@ -39,6 +39,10 @@ from support import CLOSED_MIRROR, shared_folder
 # 30.7 CPU-s, 20.6 with OpenBLAS's shortest spin (2^4 cycles). Thread counts, and so results, are
 # unchanged. Set before any library loads; workers, CLI processes and kernels inherit them.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Some shells (this workplace's among them) set PYTHONDONTWRITEBYTECODE: every CLI process, kernel
+# and worker the tests start would then compile mnistops from source again. Its bytecode is
+# written once (into lib/mnistops/__pycache__, which git ignores) and read by all of them.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 TESTS = Path(__file__).resolve().parent

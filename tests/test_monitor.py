@@ -12,8 +12,9 @@ import pytest
 
 from mnistops.data.dataset import Dataset
 from mnistops.errors import ConfigError, DataError, MnistopsError
-from mnistops.monitor import checks, reference, simulate
-from mnistops.monitor.features import FEATURES, image_features
+from mnistops.evaluate import reference
+from mnistops.evaluate.features import FEATURES, image_features
+from mnistops.monitor import checks, simulate
 from mnistops.monitor.run import parse_duration, read_batch
 from support import shared_folder
 

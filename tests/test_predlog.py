@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnistops.serve.predlog import PredictionLog
+from mnistops.tracking.predlog import PredictionLog
 from support import LOCKER, fill, tiny_disk
 
 

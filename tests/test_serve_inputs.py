@@ -16,7 +16,7 @@ from mnistops.config import Config, dump_yaml, load_config
 from mnistops.data.dataset import Dataset
 from mnistops.errors import ConfigError
 from mnistops.serve.inputs import BadInput, image_from_upload, images_from_json, mnist_like
-from mnistops.serve.predlog import PredictionLog, read
+from mnistops.tracking.predlog import PredictionLog, read
 
 
 def encode(array: np.ndarray, fmt: str = "PNG", mode: str = "L") -> bytes:
@@ -165,7 +165,7 @@ def test_forest_proba_is_the_forests_own_predict_proba_bit_for_bit(mnist: Datase
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from mnistops.serve.model import _forest_of, forest_proba
+    from mnistops.lifecycle.versions import _forest_of, forest_proba
 
     x = mnist.images[:3000].reshape(3000, 784).astype(np.float32) / 255
     y = mnist.labels[:3000]

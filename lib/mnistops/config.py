@@ -2,7 +2,7 @@
 
 :class:`Config` is a pydantic model with ``extra="forbid"`` everywhere, so an unknown key or a
 wrong type is an error that names the key and what is allowed. Model parameters are checked
-against the chosen model's own parameter model (:data:`mnistops.train.models.PARAMS`). Defaults
+against the chosen model's own parameter model (:data:`mnistops.catalog.PARAMS`). Defaults
 reproduce the notebook's ``run_pipeline.py``: MNIST, the stratified 80/20 split of all 70,000
 images with seed 42, and a RandomForest of 150 trees, depth 25.
 
@@ -61,7 +61,7 @@ class ModelConfig(_Strict):
     def _complete_params(self) -> ModelConfig:
         # Store the complete, typed parameter set so it is logged and hashed in full.
         # Invalid params are left as given here; build_config reports them by key.
-        from mnistops.train.models import PARAMS
+        from mnistops.catalog import PARAMS
 
         try:
             checked = PARAMS[self.name].model_validate(self.params)
@@ -272,7 +272,7 @@ def build_config(data: Mapping[str, Any], origin: Mapping[str, str] | None = Non
 
     ``origin`` maps dotted keys to where their values came from, for the messages.
     """
-    from mnistops.train.models import PARAMS
+    from mnistops.catalog import PARAMS
 
     try:
         cfg = Config.model_validate(data)
@@ -319,7 +319,7 @@ def _allowed_keys(section: list[str], data: Mapping[str, Any]) -> list[str]:
     model: type[BaseModel] = Config
     for part in section:
         if part == "params" and model is ModelConfig:
-            from mnistops.train.models import PARAMS
+            from mnistops.catalog import PARAMS
 
             name = (data.get("model") or {}).get("name", "random_forest")
             return sorted(PARAMS.get(name, PARAMS["random_forest"]).model_fields)
@@ -353,7 +353,7 @@ def notebook_mapping(values: Mapping[str, Any]) -> dict[str, Any]:
     ``values`` may hold the names of :data:`NOTEBOOK_KEYS`, the forest shortcuts and
     ``model_params``; the shortcuts apply to the forests only, whose parameters they are.
     """
-    from mnistops.train.models import FORESTS
+    from mnistops.catalog import FORESTS
 
     mapping: dict[str, Any] = {}
     for name, key in NOTEBOOK_KEYS.items():
@@ -394,7 +394,7 @@ def notebook_values(cfg: Config) -> dict[str, Any]:
     Only model parameters and other keys that differ from their defaults are listed, so the
     injected cell stays short; :func:`from_notebook` of the result gives ``cfg`` back.
     """
-    from mnistops.train.models import FORESTS, PARAMS
+    from mnistops.catalog import FORESTS, PARAMS
 
     flat = cfg.flat()
     values: dict[str, Any] = {name: flat[key] for name, key in NOTEBOOK_KEYS.items()}

@@ -470,21 +470,38 @@ def _files(folder: Path, mnist: Dataset) -> dict[str, tuple[Path, str]]:
     return made
 
 
+# Runs the command in argv[2:] and writes its peak memory (bytes) to argv[1]. A launcher of its own,
+# small, because a child's peak counts what it held before exec: a child of the test's own process
+# (which holds MNIST) would start at the test's size.
+PEAK = """
+import resource, subprocess, sys
+code = subprocess.call(sys.argv[2:])
+open(sys.argv[1], "w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024))
+sys.exit(code)
+"""
+
+
+def _cli_and_peak(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess[str], int]:
+    """The CLI in a fresh process, and that process's own peak memory (bytes)."""
+    out = cwd / "peak.txt"
+    proc = cli(*args, cwd=cwd, wrap=[sys.executable, "-c", PEAK, str(out)])
+    peak = int(out.read_text())
+    out.unlink()
+    return proc, peak
+
+
 def test_every_batch_file_is_checked_before_it_is_trusted(tmp_path: Path, mnist: Dataset) -> None:
     """`monitor --batch`: each file refused with one line from its header, before anything is
     inflated or the store is asked (the million-image bomb took 23 GB before the OOM killer)."""
-    import resource
-
     files = tmp_path / "files"
     files.mkdir()
     for what, (path, message) in _files(files, mnist).items():
-        proc = cli("monitor", "--batch", str(path), cwd=tmp_path)
+        proc, peak = _cli_and_peak("monitor", "--batch", str(path), cwd=tmp_path)
         line = one_line_error(proc)
         assert proc.returncode == 2, what
         assert message in line, (what, line)
+        assert peak < 700_000_000, (what, peak)  # the bomb's images alone would be 784 MB
     assert not (tmp_path / "mlflow.db").exists()  # refused before the store was asked
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    assert children < 2_000_000_000  # no command inflated the bomb (784 MB for its images alone)
     plain = tmp_path / "plain.npy"  # a plain .npy of images is taken as the batch
     np.save(plain, mnist.images[:7])
     from mnistops.monitor.run import read_batch
@@ -572,6 +589,8 @@ def test_a_full_disk_during_training_is_one_line_and_leaves_nothing_half_done(
         print(err[-2000:])
         assert err.rstrip().splitlines()[-1].startswith(f"error: no space left on device writing {disk}/")
         assert _whole_or_absent(disk) == []
+        full = cli("runs", "list", cwd=disk)  # on the full disk: it reads (it was two tracebacks)
+        assert "Traceback" not in full.stderr and full.returncode == 0, full.stderr
         filler.unlink()
         listed = cli("runs", "list", "--json", cwd=disk)
         assert listed.returncode == 0, listed.stderr

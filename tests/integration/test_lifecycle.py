@@ -256,7 +256,7 @@ def _commands(workflow: dict[str, Any], program: str) -> list[list[str]]:
 
 
 def test_workflow_runs_only_commands_that_exist() -> None:
-    from mnistops.runner.cli import parser
+    from mnistops.cli.notebooks import parse_options
 
     path = ROOT / ".github" / "workflows" / "ci.yml"
     workflow = yaml.safe_load(path.read_text())
@@ -267,8 +267,8 @@ def test_workflow_runs_only_commands_that_exist() -> None:
     assert any("pytest --nbval-lax notebooks" in s for s in steps)  # CI validates the notebooks
     assert any("-c requirements.txt" in s for s in steps)  # with the locked versions
     (batch,) = _commands(workflow, "run_notebooks.py")
-    args = parser().parse_args(batch)  # the runner accepts what CI passes
-    assert args.pairs == [["promote", "True"]] and args.as_json
+    args = parse_options(batch)  # the runner accepts what CI passes
+    assert args.pairs == [("promote", "True")] and args.as_json
     commands = _commands(workflow, "mnistops")
     assert ["data", "fetch"] in commands and ["runs", "list", "--limit", "10"] in commands
     for words in commands:

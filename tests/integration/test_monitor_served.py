@@ -194,7 +194,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, session_cache: Path) -
 
     line = one_line_error(work.cli("monitor", "--since", "1h", "--model", model))
     assert "no prediction log at" in line and "predictions.db" in line
-    from mnistops.serve.predlog import PredictionLog
+    from mnistops.tracking.predlog import PredictionLog
 
     PredictionLog(tmp_path / "predictions.db").close()  # a log with nothing in it
     line = one_line_error(work.cli("monitor", "--since", "1h", "--model", model))

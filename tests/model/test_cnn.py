@@ -100,7 +100,7 @@ def test_pyfunc_in_a_fresh_process_answers_exactly_as_in_process(
     import mlflow
 
     from mnistops.pipeline import pip_requirements
-    from mnistops.tracking import store
+    from mnistops.train import mlflow_model
 
     x, y, xt, _ = small
     m = build_model("cnn", {**TINY, "epochs": 1}, seed=0)
@@ -108,7 +108,7 @@ def test_pyfunc_in_a_fresh_process_answers_exactly_as_in_process(
     m.save(tmp_path / "model")
     mlflow.set_experiment("cnn-test")
     with mlflow.start_run():
-        info = store.log_model(tmp_path / "model", xt[:5], pip_requirements("torch"))
+        info = mlflow_model.log_model(tmp_path / "model", xt[:5], pip_requirements("torch"))
     np.save(tmp_path / "x.npy", xt)
     proc = subprocess.run(
         [

@@ -1,7 +1,7 @@
 """A closer look at a trained run, for the evaluation notebook: per class, the confusions the
 model makes most, and whether its confidence can be trusted (calibration).
 
-Everything starts from a run's record: :func:`run_predictions` reads the probabilities the run
+Everything starts from a run's record: :func:`mnistops.tracking.runs.run_predictions` reads the probabilities the run
 logged for its held-out rows (``predictions/predictions.npz``) and takes the images and true
 labels from the dataset the run names, refusing if that data's fingerprint has changed. The
 other functions are pure: arrays in, ``pandas.DataFrame`` tables or matplotlib figures out.
@@ -10,14 +10,11 @@ other functions are pure: arrays in, ``pandas.DataFrame`` tables or matplotlib f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mnistops import processes
 from mnistops.config import Config
-from mnistops.errors import DataError
 from mnistops.figures import new_figure
 
 
@@ -47,43 +44,6 @@ class RunPredictions:
     def predicted(self) -> np.ndarray:
         """``int64 (n,)`` the predicted class of each row."""
         return self.proba.argmax(axis=1)
-
-
-def run_predictions(uri: str, run_id: str) -> RunPredictions:
-    """Read a training run's held-out predictions back, with their images and labels.
-
-    Raises:
-        RunNotFoundError: no such run, or it holds no predictions.
-        DataError: the dataset it names is no longer the data it was trained on.
-    """
-    import mlflow
-
-    from mnistops.data import sources
-    from mnistops.errors import RunNotFoundError
-    from mnistops.lifecycle.registry import run_config
-    from mnistops.tracking import store
-
-    run = store.get_run(uri, run_id)
-    cfg = run_config(uri, run_id)
-    ds = sources.load(cfg.data.dataset, source=cfg.data.source)
-    expected = run.data.tags.get("mnistops.data_fingerprint")
-    if ds.fingerprint != expected:
-        raise DataError(
-            f"dataset {cfg.data.dataset} now has fingerprint {ds.fingerprint[:12]}, but run {run_id} was trained on "
-            f"{str(expected)[:12]}: evaluate it on its own data"
-        )
-    with processes.temporary_directory("eval") as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path="predictions/predictions.npz", dst_path=tmp, tracking_uri=uri
-            )
-        except Exception:
-            raise RunNotFoundError(
-                f"run {run_id} holds no predictions/predictions.npz: evaluate a training run"
-            ) from None
-        with np.load(Path(path)) as z:
-            rows, proba = z["rows"].astype(np.int64), z["proba"].astype(np.float32)
-    return RunPredictions(run_id, cfg, rows, ds.images[rows], ds.labels[rows], proba, ds.class_names)
 
 
 def per_class(pred: RunPredictions) -> Any:

@@ -30,13 +30,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mnistops import processes
+from mnistops import processes, record
 from mnistops.errors import GateError
 
 log = logging.getLogger(__name__)
 
 STALE_S = 1800.0  # a registry lock older than this is taken to be left by a process that is gone
-HOLDER, STARTED, SINCE = "mnistops.lock.holder", "mnistops.lock.started", "mnistops.lock.since"
+HOLDER, STARTED, SINCE = record.LOCK_HOLDER, record.LOCK_STARTED, record.LOCK_SINCE
 
 
 @contextlib.contextmanager

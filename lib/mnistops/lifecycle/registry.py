@@ -22,19 +22,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mnistops import processes
+from mnistops import processes, record
 from mnistops.config import Config, GateConfig
 from mnistops.errors import GateError, RunNotFoundError, TrackingError
 from mnistops.lifecycle.alias_lock import alias_lock
 from mnistops.tracking import store
+from mnistops.tracking.runs import alias_version, run_config
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
-PREVIOUS = "previous"
-PREVIOUS_CHAMPION = "mnistops.gate.previous_champion"
-ROLLED_BACK = "mnistops.gate.rolled_back"
-VERSION_TAGS = ("mnistops.data_fingerprint", "mnistops.split_fingerprint", "mnistops.config_hash", "git.code.commit")
+VERSION_TAGS = (record.DATA_FINGERPRINT, record.SPLIT_FINGERPRINT, record.CONFIG_HASH, record.GIT_CODE_COMMIT)
 
 
 def register(uri: str, name: str, model_uri: str, run_id: str, tags: dict[str, str], metrics: dict[str, float]) -> str:
@@ -64,16 +61,6 @@ def version_for_run(uri: str, name: str, run_id: str) -> Any:
     if not versions:
         raise RunNotFoundError(f"run {run_id} has no version of model {name!r}: train it again, or check the run id")
     return max(versions, key=lambda v: int(v.version))
-
-
-def alias_version(uri: str, name: str, alias: str) -> Any | None:
-    """The version behind ``name@alias``, or None."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return store.client(uri).get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
 
 
 @dataclass
@@ -163,44 +150,6 @@ def _score(model_uris: dict[str, str], cfg: Config) -> dict[str, dict[str, float
     return scores
 
 
-def run_config(uri: str, run_id: str) -> Config:
-    """The resolved config a run saved (``config.yaml``), read back alone (no env, no overrides)."""
-
-    import mlflow
-
-    from mnistops.config import load_config
-
-    with processes.temporary_directory("config") as tmp:
-        mlflow.set_tracking_uri(uri)
-        try:
-            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml", dst_path=tmp)
-        except Exception:
-            raise RunNotFoundError(
-                f"run {run_id} has no saved config.yaml: it was not made by mnistops train"
-            ) from None
-        return load_config(path, environ={})
-
-
-def latest_run(uri: str, experiment: str) -> str:
-    """The newest FINISHED training run (not a reproduction) of ``experiment``."""
-    c = store.client(uri)
-    exp = c.get_experiment_by_name(experiment)
-    if exp is None:
-        raise RunNotFoundError(f"experiment {experiment!r} has no runs in {uri}: run `mnistops train` first")
-    runs = c.search_runs(
-        [exp.experiment_id], "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=20
-    )
-    for run in runs:
-        if is_training_run(run.data.tags):
-            return str(run.info.run_id)
-    raise RunNotFoundError(f"experiment {experiment!r} has no finished training run: run `mnistops train` first")
-
-
-def is_training_run(tags: dict[str, str]) -> bool:
-    """A run of ``mnistops train`` (not a reproduction, not a notebook batch)."""
-    return tags.get("mnistops.run_type", "train") == "train" and "mnistops.reproduction_of" not in tags
-
-
 def promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool = False, force: bool = False) -> Decision:
     """Run the gate for ``run_id``'s model version; move aliases if it passes (unless dry run).
 
@@ -217,7 +166,7 @@ def promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool = 
 def _promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool, force: bool) -> Decision:
     client = store.client(uri)
     candidate = version_for_run(uri, name, run_id)
-    champion = alias_version(uri, name, CHAMPION)
+    champion = alias_version(uri, name, record.CHAMPION)
     decision = Decision(
         name,
         str(candidate.version),
@@ -228,9 +177,9 @@ def _promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool, 
         reason="",
     )
     if champion is not None and str(champion.version) == str(candidate.version):
-        decision.reason = f"version {candidate.version} is already @{CHAMPION}"
+        decision.reason = f"version {candidate.version} is already @{record.CHAMPION}"
         return decision
-    rolled_back = (candidate.tags or {}).get(ROLLED_BACK)
+    rolled_back = (candidate.tags or {}).get(record.ROLLED_BACK)
     if rolled_back and not force:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(int(rolled_back))) if rolled_back.isdigit() else ""
         decision.reason = (
@@ -238,49 +187,16 @@ def _promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool, 
             "promote it again only on purpose, with --force"
         )
         return decision
-    cand_run = store.get_run(uri, run_id)
-    if champion is not None:
-        champ_run = store.get_run(uri, champion.run_id)
-        for key, what in (("mnistops.data_fingerprint", "data"), ("mnistops.split_fingerprint", "split")):
-            a, b = cand_run.data.tags.get(key), champ_run.data.tags.get(key)
-            if a != b:
-                decision.reason = (
-                    f"candidate and champion were trained on different {what}: "
-                    f"{what} fingerprint {a} (candidate) vs {b} (champion); "
-                    "retrain the candidate on the champion's data and split"
-                )
-                _record(client, name, candidate.version, decision)
-                return decision
-    cfg = run_config(uri, run_id)
+    different = _different_data(uri, run_id, champion)
+    if different:
+        decision.reason = different
+        _record(client, name, candidate.version, decision)
+        return decision
     uris = {"candidate": f"models:/{name}/{candidate.version}"}
     if champion is not None:
         uris["champion"] = f"models:/{name}/{champion.version}"
-    scores = _score(uris, cfg)
-    decision.scores = scores
-    cand = scores["candidate"]
-    champ = scores.get("champion")
-    decision.checks.append(
-        Check(
-            "floor",
-            gate.floor_metric,
-            cand[gate.floor_metric],
-            champ[gate.floor_metric] if champ else None,
-            gate.floor,
-            cand[gate.floor_metric] >= gate.floor,
-        )
-    )
-    if champ is not None:
-        threshold = champ[gate.metric] - gate.tolerance
-        decision.checks.append(
-            Check(
-                "not worse than champion",
-                gate.metric,
-                cand[gate.metric],
-                champ[gate.metric],
-                threshold,
-                cand[gate.metric] >= threshold,
-            )
-        )
+    decision.scores = _score(uris, run_config(uri, run_id))
+    decision.checks = _checks(gate, decision.scores["candidate"], decision.scores.get("champion"))
     failed = [c for c in decision.checks if not c.passed]
     decision.promoted = not failed and not dry_run
     if failed:
@@ -292,10 +208,45 @@ def _promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool, 
     _record(client, name, candidate.version, decision)
     if decision.promoted:
         move_champion(client, name, str(candidate.version), champion)
-        client.set_model_version_tag(name, candidate.version, "mnistops.gate.promoted_at", str(int(time.time())))
+        client.set_model_version_tag(name, candidate.version, record.GATE_PROMOTED_AT, str(int(time.time())))
         if rolled_back:
-            client.delete_model_version_tag(name, candidate.version, ROLLED_BACK)
+            client.delete_model_version_tag(name, candidate.version, record.ROLLED_BACK)
     return decision
+
+
+def _different_data(uri: str, run_id: str, champion: Any | None) -> str | None:
+    """Why candidate and champion cannot be compared (other data or split), or None."""
+    if champion is None:
+        return None
+    cand_tags, champ_tags = store.get_run(uri, run_id).data.tags, store.get_run(uri, champion.run_id).data.tags
+    for key, what in ((record.DATA_FINGERPRINT, "data"), (record.SPLIT_FINGERPRINT, "split")):
+        a, b = cand_tags.get(key), champ_tags.get(key)
+        if a != b:
+            return (
+                f"candidate and champion were trained on different {what}: "
+                f"{what} fingerprint {a} (candidate) vs {b} (champion); "
+                "retrain the candidate on the champion's data and split"
+            )
+    return None
+
+
+def _checks(gate: GateConfig, cand: dict[str, float], champ: dict[str, float] | None) -> list[Check]:
+    """The gate's rows: the floor, and (with a champion) not worse than it beyond the tolerance."""
+    m = gate.floor_metric
+    checks = [Check("floor", m, cand[m], champ[m] if champ else None, gate.floor, cand[m] >= gate.floor)]
+    if champ is not None:
+        threshold = champ[gate.metric] - gate.tolerance
+        checks.append(
+            Check(
+                "not worse than champion",
+                gate.metric,
+                cand[gate.metric],
+                champ[gate.metric],
+                threshold,
+                cand[gate.metric] >= threshold,
+            )
+        )
+    return checks
 
 
 def move_champion(client: Any, name: str, version: str, old_champion: Any | None) -> None:
@@ -307,19 +258,19 @@ def move_champion(client: Any, name: str, version: str, old_champion: Any | None
     """
     old = str(old_champion.version) if old_champion is not None else "none"
     if old_champion is not None:
-        client.set_registered_model_alias(name, PREVIOUS, old)
-    client.set_model_version_tag(name, version, PREVIOUS_CHAMPION, old)
-    client.set_registered_model_alias(name, CHAMPION, version)
+        client.set_registered_model_alias(name, record.PREVIOUS, old)
+    client.set_model_version_tag(name, version, record.PREVIOUS_CHAMPION, old)
+    client.set_registered_model_alias(name, record.CHAMPION, version)
 
 
 def _record(client: Any, name: str, version: Any, decision: Decision) -> None:
     tags = {
-        "mnistops.gate.decision": "promoted" if decision.promoted else "refused",
-        "mnistops.gate.reason": decision.reason[:5000],
-        "mnistops.gate.champion_version": decision.champion_version or "none",
+        record.GATE_DECISION: "promoted" if decision.promoted else "refused",
+        record.GATE_REASON: decision.reason[:5000],
+        record.GATE_CHAMPION_VERSION: decision.champion_version or "none",
     }
     for check in decision.checks:
-        tags[f"mnistops.gate.{check.metric}"] = f"{check.candidate:.6f}"
+        tags[record.gate_metric(check.metric)] = f"{check.candidate:.6f}"
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
 
@@ -337,23 +288,23 @@ def rollback(uri: str, name: str, wait_s: float = GateConfig().lock_wait_s) -> t
 
 def _rollback(uri: str, name: str) -> tuple[str, str]:
     client = store.client(uri)
-    champion = alias_version(uri, name, CHAMPION)
+    champion = alias_version(uri, name, record.CHAMPION)
     if champion is None:
-        raise GateError(f"model {name!r} has no @{CHAMPION}: there is nothing to roll back")
-    target = (champion.tags or {}).get(PREVIOUS_CHAMPION)
+        raise GateError(f"model {name!r} has no @{record.CHAMPION}: there is nothing to roll back")
+    target = (champion.tags or {}).get(record.PREVIOUS_CHAMPION)
     if target is None:  # promoted before the history was kept: @previous is all there is
-        previous = alias_version(uri, name, PREVIOUS)
+        previous = alias_version(uri, name, record.PREVIOUS)
         target = str(previous.version) if previous is not None else "none"
     if target == "none":
         raise GateError(
-            f"{name}@{CHAMPION} is version {champion.version}, the first champion: "
+            f"{name}@{record.CHAMPION} is version {champion.version}, the first champion: "
             "there is no earlier one to roll back to"
         )
-    client.set_registered_model_alias(name, CHAMPION, target)
-    client.set_model_version_tag(name, champion.version, ROLLED_BACK, str(int(time.time())))
-    before = (client.get_model_version(name, target).tags or {}).get(PREVIOUS_CHAMPION, "none")
+    client.set_registered_model_alias(name, record.CHAMPION, target)
+    client.set_model_version_tag(name, champion.version, record.ROLLED_BACK, str(int(time.time())))
+    before = (client.get_model_version(name, target).tags or {}).get(record.PREVIOUS_CHAMPION, "none")
     if before != "none":
-        client.set_registered_model_alias(name, PREVIOUS, before)
-    elif alias_version(uri, name, PREVIOUS) is not None:
-        client.delete_registered_model_alias(name, PREVIOUS)
+        client.set_registered_model_alias(name, record.PREVIOUS, before)
+    elif alias_version(uri, name, record.PREVIOUS) is not None:
+        client.delete_registered_model_alias(name, record.PREVIOUS)
     return str(champion.version), target

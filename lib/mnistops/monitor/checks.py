@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mnistops.monitor.features import FEATURES, image_features
-from mnistops.monitor.reference import OOD_QUANTILE, Reference
+from mnistops.evaluate.features import FEATURES, image_features
+from mnistops.evaluate.reference import OOD_QUANTILE, Reference
 
 Verdict = Literal["ok", "warn", "drift"]
 DRIFT_P = 0.001

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from mnistops.evaluate.features import FEATURES
+from mnistops.evaluate.reference import Reference
 from mnistops.figures import new_figure, png_bytes
 from mnistops.monitor.checks import EXPLAIN, Result
-from mnistops.monitor.features import FEATURES
-from mnistops.monitor.reference import Reference
 
 COLOURS = {"ok": "#2e7d32", "warn": "#b26a00", "drift": "#c62828"}
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from mnistops import record
 from mnistops.config import MonitorConfig
 from mnistops.errors import DataError, MnistopsError
-from mnistops.monitor import checks, reference
+from mnistops.evaluate import reference
+from mnistops.monitor import checks
 
-EXPERIMENT = "monitoring"
-VERDICT_CODE = {"ok": 0, "warn": 1, "drift": 2}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -70,9 +70,9 @@ class Watched:
 
 
 def watched(tracking_uri: str, model_uri: str) -> Watched:
-    from mnistops.serve import model as models
+    from mnistops.lifecycle import versions
 
-    name, version, run_id = models.resolve(model_uri, tracking_uri)
+    name, version, run_id = versions.resolve(model_uri, tracking_uri)
     if not run_id and model_uri.startswith("runs:/"):
         run_id = model_uri.removeprefix("runs:/").split("/", 1)[0]
     if not run_id:
@@ -128,9 +128,9 @@ def monitor(
     if images is not None:
         window: dict[str, Any] = {"batch": str(batch)} if batch is not None else {"batch": "given images"}
         images = checked_images(images)
-        from mnistops.serve import model as models
+        from mnistops.lifecycle import versions
 
-        served = models.load(model.uri, tracking_uri)
+        served = versions.load(model.uri, tracking_uri)
         proba = served.predict_proba(images)
         predicted, confidence = proba.argmax(axis=1), proba.max(axis=1)
     else:
@@ -173,7 +173,7 @@ def checked_images(images: Any, where: str = "") -> np.ndarray:
 def _from_log(
     path: str | None, since: str, model: Watched, tracking_uri: str, max_images: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    from mnistops.serve.predlog import read
+    from mnistops.tracking.predlog import read
 
     if not path:
         raise MnistopsError("serve.prediction_log is not set: there is no prediction log to read")
@@ -223,24 +223,24 @@ def _record(
     c = client(tracking_uri)
     # Its artifacts beside a SQLite store, as a training's: not in the working folder (a notebook
     # kernel's is notebooks/).
-    ensure_experiment(tracking_uri, EXPERIMENT)
-    experiment_id = c.get_experiment_by_name(EXPERIMENT).experiment_id
+    ensure_experiment(tracking_uri, record.MONITORING_EXPERIMENT)
+    experiment_id = c.get_experiment_by_name(record.MONITORING_EXPERIMENT).experiment_id
     tags = {
-        "mnistops.run_type": "monitoring",
-        "mnistops.monitor.model": model.name,
-        "mnistops.monitor.model_version": model.version,
-        "mnistops.monitor.model_run": model.run_id,
-        "mnistops.monitor.verdict": result.verdict,
+        record.RUN_TYPE: "monitoring",
+        record.MONITOR_MODEL: model.name,
+        record.MONITOR_MODEL_VERSION: model.version,
+        record.MONITOR_MODEL_RUN: model.run_id,
+        record.MONITOR_VERDICT: result.verdict,
     }
     if parent_run_id:  # a notebook batch (06_monitor): its executed copy is the report a person opens
-        tags["mnistops.batch_run_id"] = parent_run_id
-        tags["mlflow.parentRunId"] = parent_run_id
+        tags[record.BATCH_RUN_ID] = parent_run_id
+        tags[record.PARENT_RUN_ID] = parent_run_id
     run = c.create_run(experiment_id, tags=tags, run_name=f"monitor {model.name} v{model.version} {result.verdict}")
     rid = run.info.run_id
     try:
         c.log_param(rid, "window", json.dumps(out["window"]))
         c.log_param(rid, "n", result.n)
-        c.log_metric(rid, "verdict", VERDICT_CODE[result.verdict])
+        c.log_metric(rid, "verdict", record.VERDICT_CODE[result.verdict])
         for check in result.checks:
             c.log_metric(rid, f"p_{check.name}", check.p_value)
         c.log_text(rid, json.dumps(out, indent=2, default=str), "monitoring/result.json")
@@ -250,21 +250,3 @@ def _record(
         c.set_terminated(rid, "FAILED")
         raise
     return str(rid)
-
-
-def last_verdict(tracking_uri: str, name: str, version: str) -> str | None:
-    """The verdict of the newest monitoring run that watched ``name`` version ``version``, if any."""
-    from mnistops.tracking.store import client
-
-    c = client(tracking_uri)
-    experiment = c.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:
-        return None
-    runs = c.search_runs(
-        [experiment.experiment_id],
-        max_results=1,
-        order_by=["attributes.start_time DESC"],
-        filter_string=f"tags.`mnistops.monitor.model` = '{name}' and "
-        f"tags.`mnistops.monitor.model_version` = '{version}'",
-    )
-    return str(runs[0].data.tags.get("mnistops.monitor.verdict")) if runs else None

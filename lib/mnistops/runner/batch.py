@@ -37,38 +37,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-import mnistops
-from mnistops import gc_phases, processes, threadsafe_ast
+from mnistops import gc_phases, processes, record, threadsafe_ast
 from mnistops.config import Config, dump_yaml
 from mnistops.errors import MnistopsError
-from mnistops.runner.notebooks import Notebook, parse_python
-from mnistops.tracking import orphans, provenance, store
+from mnistops.runner.kernels import KERNEL_NAME, Kernel, warm_modules
+from mnistops.runner.notebooks import Notebook
+from mnistops.tracking import housekeeping, provenance, store
 
 log = logging.getLogger(__name__)
-
-KERNEL_NAME = "python3"
-# What a kernel imports while it waits for its turn, besides the notebook's own imports: the
-# libraries mnistops imports inside its functions. Only sys.modules is touched (``__import__`` in
-# a silent execution): the notebook's namespace starts empty, and a notebook that forgets an
-# import still fails. MLflow (2 s) only for notebooks that use the tracking store.
-WARM_ALWAYS = (
-    "numpy",
-    "pandas",
-    "matplotlib.figure",
-    "matplotlib.backends.backend_agg",
-    "IPython.display",
-    "sklearn.model_selection",
-    "sklearn.decomposition",
-)
-WARM_TRACKING = ("mlflow", "mlflow.pyfunc", "sklearn.ensemble", "sklearn.metrics", "sklearn.model_selection")
-WARM_STORE = """
-try:
-    __import__("mnistops.tracking.store", fromlist=["_"]).check_store(__import__("os").environ["MLFLOW_TRACKING_URI"])
-except Exception:
-    pass
-"""
-TRACKING_MODULES = ("mnistops.pipeline", "mnistops.tracking", "mnistops.lifecycle", "mnistops.evaluate.analysis")
-HEADLINE = ("accuracy", "f1_macro", "f1_weighted", "log_loss")
 
 
 class BatchFailed(MnistopsError, RuntimeError):
@@ -140,115 +116,6 @@ class NullProgress:
         """Ignore."""
 
 
-class _Kernel:
-    """One kernel process for one notebook, started ahead of its turn and never shared.
-
-    The manager is jupyter_client's asynchronous one, which papermill's nbclient drives with an
-    asynchronous client of its own: with a blocking client nbclient can neither time a cell out
-    nor notice a dead kernel. The warm-up uses a blocking client of its own, on a thread.
-    """
-
-    def __init__(self, workdir: Path, index: int, cwd: Path, env: dict[str, str]) -> None:
-        from jupyter_client.manager import AsyncKernelManager
-        from jupyter_core.utils import run_sync
-
-        self.log_path = workdir / f"kernel-{index}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed in shutdown)
-        # IPC sockets in our temp folder: nothing listens on a TCP port, not even on loopback.
-        self.km = AsyncKernelManager(kernel_name=KERNEL_NAME, transport="ipc", ip=str(workdir / f"kernel-{index}"))
-        run_sync(self.km.start_kernel)(cwd=str(cwd), env=env, stdout=self._log, stderr=self._log)
-        self._ready: Future[None] | None = None
-        self._closed = False
-
-    @property
-    def pid(self) -> int | None:
-        """The kernel's process id."""
-        return getattr(self.km.provisioner, "pid", None)
-
-    def warm_up(self, pool: ThreadPoolExecutor, timeout: float, modules: Sequence[str] = ()) -> None:
-        """Wait for the kernel and import ``modules`` in it, on a thread, while another notebook runs."""
-        self._ready = pool.submit(self._connect_and_import, timeout, modules)
-
-    def _connect_and_import(self, timeout: float, modules: Sequence[str] = ()) -> None:
-        from jupyter_client.blocking import BlockingKernelClient
-
-        # With the manager as parent, "is the kernel alive?" asks the process, not a heartbeat
-        # that a kernel still starting up has not begun to send.
-        kc = BlockingKernelClient(parent=self.km)
-        kc.load_connection_info(self.km.get_connection_info())
-        kc.start_channels()
-        try:
-            kc.wait_for_ready(timeout=timeout)
-            # One module failing to import must not stop the others (the notebook will show it).
-            code = "\n".join(f"try:\n    __import__({m!r})\nexcept Exception:\n    pass" for m in modules)
-            if "mlflow" in modules:  # and MLflow's store object for this URI, built once per process
-                code += WARM_STORE
-            msg_id = kc.execute(code, silent=True, store_history=False)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                reply = kc.get_shell_msg(timeout=max(deadline - time.monotonic(), 0.1))
-                if reply["parent_header"].get("msg_id") == msg_id:
-                    break
-        finally:
-            kc.stop_channels()
-
-    def ready(self, timeout: float) -> None:
-        """Wait until the kernel is up and warm (or connect and warm it now)."""
-        if self._ready is None:
-            self._connect_and_import(timeout)
-        else:
-            self._ready.result(timeout=timeout)
-
-    def interrupt(self) -> None:
-        """SIGINT to the kernel: the running cell raises KeyboardInterrupt (safe in a signal handler)."""
-        pid = self.pid
-        if pid is not None:
-            with contextlib.suppress(OSError):
-                os.killpg(os.getpgid(pid), signal.SIGINT)
-
-    def kill(self) -> None:
-        """SIGKILL to the kernel's process group."""
-        pid = self.pid
-        if pid is not None:
-            with contextlib.suppress(OSError):
-                os.killpg(os.getpgid(pid), signal.SIGKILL)
-
-    def shutdown(self) -> None:
-        """Stop the kernel and release its sockets and files (main thread only)."""
-        from jupyter_core.utils import run_sync
-
-        if self._closed:
-            return
-        self._closed = True
-        if self._ready is not None:
-            with contextlib.suppress(Exception):
-                self._ready.result(timeout=30)  # let a warm-up thread finish with its client
-        with contextlib.suppress(Exception):
-            import psutil
-
-            cpu = psutil.Process(self.pid).cpu_times() if self.pid else None
-            if cpu is not None:
-                log.info("kernel %s used %.1f s of CPU", self.log_path.stem, cpu.user + cpu.system)
-        try:
-            # Idle by now (its notebook is over, or its cell was interrupted): nothing in it is
-            # left to save, so it is stopped at once rather than asked and waited for.
-            with contextlib.suppress(Exception):
-                run_sync(self.km.shutdown_kernel)(now=True)
-            if self.km.has_kernel:
-                self.kill()
-            with contextlib.suppress(Exception):
-                run_sync(self.km.cleanup_resources)()
-        finally:
-            self._log.close()
-
-    def log_tail(self, n: int = 2000) -> str:
-        """The end of what the kernel process printed (for a kernel that died)."""
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-
 class _Stop:
     """Turns SIGTERM and SIGINT into an interrupt of the running cell, then a KILLED batch.
 
@@ -258,7 +125,7 @@ class _Stop:
 
     def __init__(self, grace: float) -> None:
         self.signum: int | None = None
-        self.kernel: _Kernel | None = None
+        self.kernel: Kernel | None = None
         self.grace = grace
         self._old: dict[int, Any] = {}
 
@@ -297,56 +164,18 @@ class _Stop:
             self.raise_now()
 
 
-def warm_modules(nb: Notebook) -> list[str]:
-    """What ``nb``'s kernel imports ahead: the modules its code cells import, and the libraries
-    those use (:data:`WARM_ALWAYS`, and :data:`WARM_TRACKING` when it uses the store)."""
-    import ast
-    import json
-
-    found: list[str] = []
-    cells = json.loads(nb.path.read_text(encoding="utf-8"))["cells"]
-    for cell in cells:
-        if cell.get("cell_type") != "code":
-            continue
-        lines = "".join(cell.get("source", [])).splitlines()
-        found += [ln.split()[1] for ln in lines if ln.startswith("%load_ext ") and len(ln.split()) > 1]
-        try:
-            tree = parse_python("\n".join(ln for ln in lines if not ln.lstrip().startswith(("%", "!"))))
-        except SyntaxError:
-            continue
-        for node in tree.body if isinstance(tree, ast.Module) else []:
-            if isinstance(node, ast.Import):
-                found += [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                # ``from a import b``: b may be a module of its own (importing it is then tried).
-                found += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
-    tracking = any(m.startswith(TRACKING_MODULES) for m in found)
-    return list(dict.fromkeys([*WARM_ALWAYS, *(WARM_TRACKING if tracking else ()), *found]))
-
-
 def batch_tags(notebooks: Sequence[Notebook], cfg: Config) -> dict[str, str]:
     """The batch run's tags: what ran (notebook hashes), with which code and environment."""
     dists = provenance.installed()
     env = provenance.environment(dists)
-    tags = {
-        "mnistops.run_type": "notebook_batch",
-        "mnistops.version": mnistops.__version__,
-        "mnistops.config_hash": cfg.hash(),
-        "mnistops.notebooks": ",".join(nb.name for nb in notebooks),
-        "mnistops.env_hash": provenance.environment_hash(env),
-        "env.python": env["python"],
-        "env.os": env["os"],
-        "env.machine": env["machine"],
-        "env.cpu_count": str(env["cpu_count"]),
-        "mlflow.runName": cfg.tracking.run_name or "notebooks",
+    return {
+        record.RUN_TYPE: "notebook_batch",
+        record.CONFIG_HASH: cfg.hash(),
+        record.NOTEBOOKS: ",".join(nb.name for nb in notebooks),
+        record.RUN_NAME: cfg.tracking.run_name or "notebooks",
+        **{record.notebook_sha256(nb.name): nb.sha256 for nb in notebooks},
+        **provenance.tags(env),
     }
-    tags.update({f"env.pkg.{k}": v for k, v in env["packages"].items()})
-    tags.update({f"mnistops.notebook.{nb.name}.sha256": nb.sha256 for nb in notebooks})
-    for role, info in provenance.code_versions().items():
-        tags.update(info.tags(f"git.{role}"))
-    if "git.code.commit" in tags:
-        tags["mlflow.source.git.commit"] = tags["git.code.commit"]
-    return tags
 
 
 def _param_text(value: Any) -> str:
@@ -408,7 +237,7 @@ def run_batch(
     """
     threadsafe_ast.install()  # this process parses on several threads from here on
     batch = _Batch(notebooks, parameters, cfg, progress or NullProgress(), cell_timeout, start_timeout, grace)
-    _make_out_base(out_base)
+    make_out_base(out_base)
     with contextlib.ExitStack() as stack:
         batch.work = Path(stack.enter_context(processes.temporary_directory("batch")))
         batch.io = stack.enter_context(ThreadPoolExecutor(2, thread_name_prefix="mnistops-batch-io"))
@@ -419,8 +248,9 @@ def run_batch(
         batch.start_kernels(upto=2, cwd=cwd or Path.cwd())
         batch.io.submit(_warm_html)
         store.check_store(batch.uri, timeout=cfg.tracking.timeout)
+        housekeeping.tidy(batch.uri)
         tags = {**batch_tags(notebooks, cfg), **(extra_tags or {})}
-        run = stack.enter_context(store.tracked_run(batch.uri, cfg.tracking.experiment, tags["mlflow.runName"], tags))
+        run = stack.enter_context(store.tracked_run(batch.uri, cfg.tracking.experiment, tags[record.RUN_NAME], tags))
         log.info("batch run %s opened in %s", run.info.run_id, batch.uri)
         gc_phases.resume()  # start-up is over (see gc_phases)
         stop = stack.enter_context(_Stop(grace))
@@ -428,7 +258,7 @@ def run_batch(
     raise AssertionError("unreachable")  # pragma: no cover  (the ExitStack never swallows)
 
 
-def _make_out_base(out_base: Path) -> None:
+def make_out_base(out_base: Path) -> None:
     """The folder for executed copies (asked for, so made), or a one-line error before anything runs."""
     try:
         out_base.mkdir(parents=True, exist_ok=True)
@@ -460,7 +290,7 @@ class _Batch:
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "PYDEVD_DISABLE_FILE_VALIDATION": "1",
         }
-        self.kernels: list[_Kernel] = []
+        self.kernels: list[Kernel] = []
         self.logged: list[Future[None]] = []
         self.work = Path()
         self.io: ThreadPoolExecutor
@@ -470,7 +300,7 @@ class _Batch:
         """Make sure the kernels of notebooks ``0..upto`` are started; they warm up in run order,
         two at a time."""
         while len(self.kernels) <= min(upto, len(self.notebooks) - 1):
-            kernel = _Kernel(self.work, len(self.kernels), cwd, self.env)
+            kernel = Kernel(self.work, len(self.kernels), cwd, self.env)
             kernel.warm_up(self.warm, self.start_timeout, warm_modules(self.notebooks[len(self.kernels)]))
             self.kernels.append(kernel)
 
@@ -511,11 +341,11 @@ class _Batch:
         return params
 
     def _run_one(self, i: int, nb: Notebook, result: BatchResult, out_dir: Path, stop: _Stop) -> None:
-        record, kernel, run_id = result.notebooks[i], self.kernels[i], result.run_id
+        nb_run, kernel, run_id = result.notebooks[i], self.kernels[i], result.run_id
         out_nb = out_dir / nb.path.name
         # papermill writes the copy as the cells run; it goes into place only whole (_publish).
         part = out_dir / f".{nb.path.stem}.part.ipynb"
-        record.status, record.ipynb = "running", str(out_nb)
+        nb_run.status, nb_run.ipynb = "running", str(out_nb)
         t0 = time.perf_counter()
         stop.kernel = kernel
         failure: BaseException | None = None
@@ -528,45 +358,45 @@ class _Batch:
             failure = exc
         finally:
             stop.kernel = None
-            record.seconds = round(time.perf_counter() - t0, 3)
+            nb_run.seconds = round(time.perf_counter() - t0, 3)
             _publish(part, out_nb)
         if out_nb.exists():
-            self.logged.append(self.io.submit(_render_and_log, self.uri, run_id, out_nb, record))
+            self.logged.append(self.io.submit(_render_and_log, self.uri, run_id, out_nb, nb_run))
         if "batch_run_id" in nb.parameters:
             _read_training(self.uri, run_id, result)
         if stop.signum is None and failure is None:
-            record.status = "completed"
-            self.progress.notebook_finished(record)
-            _log_metric(self.uri, run_id, f"time_{nb.name}_s", record.seconds)
+            nb_run.status = "completed"
+            self.progress.notebook_finished(nb_run)
+            _log_metric(self.uri, run_id, f"time_{nb.name}_s", nb_run.seconds)
             kernel.shutdown()  # its work is done; the next notebook has its own
             return
         kernel.shutdown()  # before its runs are ended: nothing in it may write to them afterwards
         if stop.signum is not None:
-            record.status, record.error = "killed", f"stopped by signal {stop.signum}"
-            self._end(result, "KILLED", record, {"mnistops.batch.stopped_at": nb.name})
+            nb_run.status, nb_run.error = "killed", f"stopped by signal {stop.signum}"
+            self._end(result, "KILLED", nb_run, {record.BATCH_STOPPED_AT: nb.name})
             stop.raise_now()
         assert failure is not None
         if not isinstance(failure, Exception):
             raise failure
-        message, record.cell = _describe_failure(nb, failure)
+        message, nb_run.cell = _describe_failure(nb, failure)
         if ("died" in message or "did not start" in message) and kernel.log_tail().strip():
             log.error("kernel output:\n%s", kernel.log_tail())
-        record.status, record.error = "failed", message
+        nb_run.status, nb_run.error = "failed", message
         result.error = message
         self._end(
             result,
             "FAILED",
-            record,
-            {"mnistops.batch.failed_notebook": nb.name, "mnistops.batch.error": message[:5000]},
+            nb_run,
+            {record.BATCH_FAILED_NOTEBOOK: nb.name, record.BATCH_ERROR: message[:5000]},
         )
         raise BatchFailed(message, result)
 
-    def _end(self, result: BatchResult, status: str, record: NotebookRun, tags: dict[str, str]) -> None:
-        """After a failure or a signal: the record, the copies logged, no run left RUNNING."""
-        self.progress.notebook_finished(record)
+    def _end(self, result: BatchResult, status: str, nb_run: NotebookRun, tags: dict[str, str]) -> None:
+        """After a failure or a signal: the nb_run, the copies logged, no run left RUNNING."""
+        self.progress.notebook_finished(nb_run)
         _finish_logging(self.logged)
         result.status = status
-        orphans.end_children(self.uri, result.run_id, status, f"notebook batch {result.run_id} ({status.lower()})")
+        housekeeping.end_children(self.uri, result.run_id, status, f"notebook batch {result.run_id} ({status.lower()})")
         c = store.client(self.uri)
         for key, value in tags.items():
             c.set_tag(result.run_id, key, value)
@@ -592,7 +422,7 @@ def _execute(
     nb: Notebook,
     out_nb: Path,
     params: dict[str, Any],
-    kernel: _Kernel,
+    kernel: Kernel,
     progress: BatchProgress,
     stop: _Stop,
     cell_timeout: float | None,
@@ -601,8 +431,9 @@ def _execute(
     import papermill
     from papermill.engines import papermill_engines
 
-    if "mnistops" not in papermill_engines._engines:
-        papermill_engines.register("mnistops", _engine())
+    from mnistops.runner.engine import Engine
+
+    papermill_engines.register("mnistops", Engine)  # papermill's documented way; idempotent
 
     def on_notebook_start(notebook: Any = None, **_: Any) -> None:
         progress.notebook_started(nb.name, len(notebook.cells) if notebook is not None else 0)
@@ -628,48 +459,7 @@ def _execute(
     )
 
 
-def _engine() -> Any:
-    """papermill's nbclient engine on our kernel, closing the client nbclient makes for it (it
-    leaves the sockets of a client open when it does not own the kernel)."""
-    from papermill.clientwrap import PapermillNotebookClient
-    from papermill.engines import NBClientEngine
-    from papermill.log import logger
-
-    class Engine(NBClientEngine):
-        @classmethod
-        def execute_managed_notebook(
-            cls,
-            nb_man: Any,
-            kernel_name: str,
-            log_output: bool = False,
-            stdout_file: Any = None,
-            stderr_file: Any = None,
-            start_timeout: int = 60,
-            execution_timeout: float | None = None,
-            **kwargs: Any,
-        ) -> Any:
-            kwargs.pop("input_path", None)
-            client = PapermillNotebookClient(
-                nb_man,
-                timeout=execution_timeout,
-                startup_timeout=start_timeout,
-                kernel_name=kernel_name,
-                log=logger,
-                log_output=log_output,
-                stdout_file=stdout_file,
-                stderr_file=stderr_file,
-                **kwargs,
-            )
-            try:
-                return client.execute()
-            finally:
-                if client.kc is not None:
-                    client.kc.stop_channels()
-
-    return Engine
-
-
-def _shutdown_all(kernels: list[_Kernel]) -> None:
+def _shutdown_all(kernels: list[Kernel]) -> None:
     for kernel in kernels:
         kernel.shutdown()
 
@@ -680,7 +470,7 @@ def _warm_html() -> None:
     html.warm_up()
 
 
-def _render_and_log(uri: str, run_id: str, out_nb: Path, record: NotebookRun) -> None:
+def _render_and_log(uri: str, run_id: str, out_nb: Path, nb_run: NotebookRun) -> None:
     """HTML of an executed copy, then both files into the batch run's ``notebooks/``."""
     from mnistops.runner import html
 
@@ -693,7 +483,7 @@ def _render_and_log(uri: str, run_id: str, out_nb: Path, record: NotebookRun) ->
     except Exception as exc:  # a page we cannot render must not hide the notebook's own outcome
         log.error("could not render %s as HTML: %s", out_nb.name, exc)
         return
-    record.html = str(page)
+    nb_run.html = str(page)
     c.log_artifact(run_id, str(page), "notebooks")
 
 
@@ -709,13 +499,13 @@ def _finish_logging(logged: list[Future[None]]) -> None:
 def _read_training(uri: str, batch_id: str, result: BatchResult) -> None:
     """The training run the notebook recorded on the batch run, and its headline metrics."""
     tags = store.client(uri).get_run(batch_id).data.tags
-    run_id = tags.get("mnistops.training_run_id")
+    run_id = tags.get(record.TRAINING_RUN_ID)
     if not run_id:
         return
     result.training_run_id = run_id
-    result.training_cached = tags.get("mnistops.training_cached") == "true"
+    result.training_cached = tags.get(record.TRAINING_CACHED) == "true"
     metrics = store.client(uri).get_run(run_id).data.metrics
-    result.training_metrics = {k: metrics[k] for k in HEADLINE if k in metrics}
+    result.training_metrics = {k: metrics[k] for k in record.HEADLINE if k in metrics}
 
 
 def _log_metric(uri: str, run_id: str, key: str, value: float | None) -> None:

@@ -23,13 +23,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mnistops import record
 from mnistops.config import Config, read_yaml_mapping
 from mnistops.errors import ConfigError, MnistopsError
 from mnistops.runner.notebooks import Notebook
 
 log = logging.getLogger(__name__)
 
-POINT_TAG, GRID_TAG = "mnistops.grid.point", "mnistops.grid.run_id"
+POINT_TAG, GRID_TAG = record.GRID_POINT, record.GRID_RUN_ID
 
 
 class GridFailed(MnistopsError, RuntimeError):
@@ -116,10 +117,10 @@ def run_point(
         notebooks = discover(Path(notebooks_dir), only or None)
         cfg = build_config(config)
         tags = {
-            "mlflow.parentRunId": grid_run_id,
+            record.PARENT_RUN_ID: grid_run_id,
             GRID_TAG: grid_run_id,
             POINT_TAG: str(index),
-            "mlflow.runName": f"grid-{index}",
+            record.RUN_NAME: f"grid-{index}",
         }
         try:
             result = batch.run_batch(
@@ -140,97 +141,125 @@ def run_point(
     return row
 
 
+@dataclass(frozen=True)
+class GridRun:
+    """What a grid runs: the notebooks' folder and choice, the grid's lists and crossed points,
+    each notebook's parameters, where the copies go, and on which Dask cluster."""
+
+    notebooks_dir: Path
+    only: list[str]
+    lists: dict[str, list[Any]]
+    points: list[dict[str, Any]]
+    plan: dict[str, dict[str, Any]]
+    out_base: Path
+    workers: int = 2
+    scheduler: str | None = None
+    cell_timeout: float | None = None
+
+
 def run_grid(
-    notebooks: Sequence[Notebook],
-    notebooks_dir: Path,
-    only: list[str],
-    grid: dict[str, list[Any]],
-    points: list[dict[str, Any]],
-    plan: dict[str, dict[str, Any]],
-    cfg: Config,
-    out_base: Path,
-    workers: int,
-    scheduler: str | None,
-    cell_timeout: float | None,
-    on_point: Callable[[dict[str, Any]], None] | None = None,
+    notebooks: Sequence[Notebook], grid: GridRun, cfg: Config, on_point: Callable[[dict[str, Any]], None] | None = None
 ) -> GridResult:
     """Run the batch once per point on Dask; see the module's docstring.
 
     Raises:
         GridFailed: a point failed (the grid run ended FAILED; the others ran).
     """
-    import mlflow
-
     from mnistops import cluster
-    from mnistops.runner.batch import _make_out_base
-    from mnistops.tracking import orphans, store
+    from mnistops.runner.batch import make_out_base
+    from mnistops.tracking import housekeeping, store
 
     uri = store.absolute_uri(store.resolve_uri(cfg.tracking.uri))
     store.check_store(uri, timeout=cfg.tracking.timeout)
-    _make_out_base(out_base)
-    config = {**cfg.to_dict(), "tracking": {**cfg.to_dict()["tracking"], "uri": uri}}
+    housekeeping.tidy(uri)
+    make_out_base(grid.out_base)
     t0 = time.perf_counter()
-    with cluster.connect(workers, scheduler) as dask:
+    with cluster.connect(grid.workers, grid.scheduler) as dask:
         tags = {
-            "mnistops.run_type": "notebook_grid",
-            "mnistops.notebooks": ",".join(nb.name for nb in notebooks),
-            "mlflow.runName": cfg.tracking.run_name or "notebook-grid",
+            record.RUN_TYPE: "notebook_grid",
+            record.NOTEBOOKS: ",".join(nb.name for nb in notebooks),
+            record.RUN_NAME: cfg.tracking.run_name or "notebook-grid",
         }
-        with store.tracked_run(uri, cfg.tracking.experiment, tags["mlflow.runName"], tags) as run:
-            grid_id = run.info.run_id
-            result = GridResult(grid_id, "RUNNING", uri, dask.workers, "local" if dask.local else dask.address)
-            mlflow.log_params({f"grid.{name}": json.dumps(values) for name, values in grid.items()})
-            mlflow.log_params({"grid.points": len(points), "grid.workers": dask.workers})
-            common = (str(notebooks_dir), only)
-            rest = (config, str(out_base.resolve()), grid_id, cell_timeout, str(Path.cwd()))
-            futures = [
-                dask.client.submit(
-                    run_point,
-                    i,
-                    point,
-                    *common,
-                    point_parameters(plan, notebooks, point),
-                    *rest,
-                    key=f"mnistops-grid-{grid_id}-{i}",
-                    pure=False,
-                )
-                for i, point in enumerate(points)
-            ]
-            rows: dict[int, dict[str, Any]] = {}
-            try:
-                from distributed import as_completed
-
-                for fut in as_completed(futures, loop=dask.client.loop):
-                    i = futures.index(fut)
-                    rows[i] = _row(fut, i, points[i])
-                    if on_point is not None:
-                        on_point(rows[i])
-            finally:
-                for fut in futures:
-                    fut.cancel()
-                result.points = [rows[i] for i in sorted(rows)]
-                # A batch whose worker died left its run RUNNING: it ends FAILED, as its point did.
-                orphans.end_children(uri, grid_id, "FAILED", f"notebook grid {grid_id}: its worker is gone")
-                mlflow.log_dict({"points": result.points}, "grid/points.json")
-            failed = [r for r in result.points if r["status"] != "FINISHED"]
-            result.seconds = round(time.perf_counter() - t0, 3)
-            mlflow.log_metrics(
-                {
-                    "points_finished": len(points) - len(failed),
-                    "points_failed": len(failed),
-                    "time_total_s": result.seconds,
-                }
-            )
-            if failed:
-                result.status = "FAILED"
-                first = failed[0]
-                raise GridFailed(
-                    f"{len(failed)} of {len(points)} grid points failed; point {first['point']} "
-                    f"({describe(first['params'])}): {first['error']}",
-                    result,
-                )
-            result.status = "FINISHED"
+        with store.tracked_run(uri, cfg.tracking.experiment, tags[record.RUN_NAME], tags) as run:
+            result = GridResult(run.info.run_id, "RUNNING", uri, dask.workers, "local" if dask.local else dask.address)
+            _log_grid(grid, dask.workers)
+            result.points = _run_points(dask, notebooks, grid, cfg, uri, run.info.run_id, on_point)
+            _finish(result, len(grid.points), round(time.perf_counter() - t0, 3))
     return result
+
+
+def _log_grid(grid: GridRun, workers: int) -> None:
+    import mlflow
+
+    mlflow.log_params({f"grid.{name}": json.dumps(values) for name, values in grid.lists.items()})
+    mlflow.log_params({"grid.points": len(grid.points), "grid.workers": workers})
+
+
+def _run_points(
+    dask: Any,
+    notebooks: Sequence[Notebook],
+    grid: GridRun,
+    cfg: Config,
+    uri: str,
+    grid_id: str,
+    on_point: Callable[[dict[str, Any]], None] | None,
+) -> list[dict[str, Any]]:
+    """Each point as a Dask task, its row as it ends (failed or not); every row."""
+    import mlflow
+    from distributed import as_completed
+
+    from mnistops.tracking import housekeeping
+
+    config = {**cfg.to_dict(), "tracking": {**cfg.to_dict()["tracking"], "uri": uri}}
+    common = (str(grid.notebooks_dir), grid.only)
+    rest = (config, str(grid.out_base.resolve()), grid_id, grid.cell_timeout, str(Path.cwd()))
+    futures = [
+        dask.client.submit(
+            run_point,
+            i,
+            point,
+            *common,
+            point_parameters(grid.plan, notebooks, point),
+            *rest,
+            key=f"mnistops-grid-{grid_id}-{i}",
+            pure=False,
+        )
+        for i, point in enumerate(grid.points)
+    ]
+    rows: dict[int, dict[str, Any]] = {}
+    try:
+        for fut in as_completed(futures, loop=dask.client.loop):
+            i = futures.index(fut)
+            rows[i] = _row(fut, i, grid.points[i])
+            if on_point is not None:
+                on_point(rows[i])
+    finally:
+        for fut in futures:
+            fut.cancel()
+        # A batch whose worker died left its run RUNNING: it ends FAILED, as its point did.
+        housekeeping.end_children(uri, grid_id, "FAILED", f"notebook grid {grid_id}: its worker is gone")
+        mlflow.log_dict({"points": [rows[i] for i in sorted(rows)]}, "grid/points.json")
+    return [rows[i] for i in sorted(rows)]
+
+
+def _finish(result: GridResult, n_points: int, seconds: float) -> None:
+    """The grid's metrics and status; a failed point fails the grid (raised)."""
+    import mlflow
+
+    failed = [r for r in result.points if r["status"] != "FINISHED"]
+    result.seconds = seconds
+    mlflow.log_metrics(
+        {"points_finished": n_points - len(failed), "points_failed": len(failed), "time_total_s": seconds}
+    )
+    if failed:
+        result.status = "FAILED"
+        first = failed[0]
+        raise GridFailed(
+            f"{len(failed)} of {n_points} grid points failed; point {first['point']} "
+            f"({describe(first['params'])}): {first['error']}",
+            result,
+        )
+    result.status = "FINISHED"
 
 
 def _row(fut: Any, index: int, point: dict[str, Any]) -> dict[str, Any]:

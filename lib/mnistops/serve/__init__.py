@@ -4,7 +4,7 @@
 * :mod:`~mnistops.serve.model`: loading a registered model and following ``@champion``.
 * :mod:`~mnistops.serve.inputs`: request bodies and uploaded images made into MNIST-like input.
 * :mod:`~mnistops.serve.batching`: concurrent requests answered by one model call.
-* :mod:`~mnistops.serve.predlog`: the prediction log (SQLite, written on a thread).
+* :mod:`~mnistops.tracking.predlog`: the prediction log (SQLite, written on a thread).
 * :mod:`~mnistops.serve.metrics`: the Prometheus metrics.
 * :mod:`~mnistops.serve.launch`: start and stop a server process (notebooks, tests, benchmarks).
 """

@@ -34,7 +34,7 @@ def preflight(cfg: Config, tracking_uri: str) -> str | None:
     Raises:
         MnistopsError: what was wrong and what to do, in one line.
     """
-    from mnistops.serve import model as models
+    from mnistops.lifecycle import versions
 
     s = cfg.serve
     with socket.socket() as sock:
@@ -55,7 +55,7 @@ def preflight(cfg: Config, tracking_uri: str) -> str | None:
                 f"the prediction log's folder {folder} is not writable: set serve.prediction_log elsewhere"
             )
     try:
-        models.resolve(models.model_uri(s, cfg.tracking.registered_model), tracking_uri)
+        versions.resolve(versions.model_uri(s, cfg.tracking.registered_model), tracking_uri)
     except MnistopsError as exc:
         if s.model:
             raise
@@ -257,23 +257,23 @@ def pick_model(tracking_uri: str, registered_model: str = "mnist-classifier", mo
     Raises:
         MnistopsError: nothing is registered under ``registered_model``, or ``model`` is not there.
     """
-    from mnistops.serve import model as models
+    from mnistops.lifecycle import versions
     from mnistops.tracking.store import client
 
     if model:
-        _, version, run_id = models.resolve(model, tracking_uri)
+        _, version, run_id = versions.resolve(model, tracking_uri)
         return Choice(model, version, run_id, "as asked")
     try:
-        _, version, run_id = models.resolve(f"models:/{registered_model}@champion", tracking_uri)
+        _, version, run_id = versions.resolve(f"models:/{registered_model}@champion", tracking_uri)
         return Choice(f"models:/{registered_model}@champion", version, run_id, "the champion")
     except MnistopsError:
         pass
-    versions = client(tracking_uri).search_model_versions(f"name = '{registered_model}'")
-    if not versions:
+    registered = client(tracking_uri).search_model_versions(f"name = '{registered_model}'")
+    if not registered:
         raise MnistopsError(
             f"no model is registered as {registered_model} in {tracking_uri}: "
             "train one first (03_train or mnistops train)"
         )
-    newest = max(versions, key=lambda v: int(v.version))
+    newest = max(registered, key=lambda v: int(v.version))
     uri = f"models:/{registered_model}/{newest.version}"
     return Choice(uri, str(newest.version), str(newest.run_id), "the newest version (nothing is @champion yet)")

@@ -77,7 +77,7 @@ class Metrics:
         )
 
     def model_loaded(self, new: Any, old: Any | None) -> None:
-        """Point the model gauge at ``new`` (a ServedModel), away from ``old``."""
+        """Point the model gauge at ``new`` (a LoadedModel), away from ``old``."""
         if old is not None:
             self.model.labels(old.name, old.version, old.run_id).set(0)
             self.model.remove(old.name, old.version, old.run_id)

@@ -1,178 +1,22 @@
-"""The model a server answers with: loaded from the registry, and followed when ``@champion`` moves.
+"""The model a server answers with, followed when ``@champion`` moves.
 
-A :class:`ServedModel` is immutable: a request takes the current one and finishes with it, even
-if a newer one is swapped in meanwhile (the swap is one attribute assignment in
-:class:`ModelHolder`). ``predict_proba`` goes straight to the model inside the MLflow pyfunc
-wrapper when it is an mnistops model (no DataFrame per request), else through ``pyfunc.predict``.
+A request takes the current :class:`~mnistops.lifecycle.versions.LoadedModel` and finishes with it,
+even if a newer one is swapped in meanwhile (the swap is one attribute assignment in
+:class:`ModelHolder`).
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-import numpy as np
-
-from mnistops.errors import TrackingError
-
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    """One loaded model version and what ``/model`` says of it."""
-
-    uri: str
-    name: str
-    version: str
-    run_id: str
-    data_fingerprint: str
-    metrics: dict[str, float]
-    loaded_at: float
-    pyfunc: Any = field(repr=False)
-
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """``float (n, 10)`` class probabilities for ``uint8 (n, 28, 28)`` images."""
-        inner = getattr(self.pyfunc, "unwrap_python_model", None)
-        model = inner() if inner is not None else None
-        if model is not None and hasattr(model, "predict_proba"):
-            features = _features(model, images)
-            forest = _forest_of(model)
-            if forest is not None and len(images) < PARALLEL_ROWS:
-                return forest_proba(forest, features)
-            return np.asarray(model.predict_proba(features))
-        frame = self.pyfunc.predict(images)
-        return frame[[f"prob_{i}" for i in range(10)]].to_numpy()
-
-    def describe(self) -> dict[str, Any]:
-        """What ``GET /model`` answers."""
-        return {
-            "uri": self.uri,
-            "name": self.name,
-            "version": self.version,
-            "run_id": self.run_id,
-            "data_fingerprint": self.data_fingerprint,
-            "metrics": self.metrics,
-            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
-        }
-
-
-def _features(model: Any, images: np.ndarray) -> np.ndarray:
-    """The model file's own input check and scaling (``to_features`` beside its class)."""
-    import sys
-
-    module = sys.modules.get(type(model).__module__)
-    to_features = getattr(module, "to_features", None)
-    if to_features is None:
-        return images.reshape(len(images), 784).astype(np.float32) / np.float32(255)
-    return np.asarray(to_features(images))
-
-
-PARALLEL_ROWS = 2048  # from this many images on, a forest's own predict_proba splits them over the cores
-
-
-def _forest_of(model: Any) -> tuple[Any, Any] | None:
-    """``(preprocessing or None, forest)`` when the mnistops model inside is a fitted forest."""
-    inner: Any = getattr(model, "model", None)
-    if hasattr(inner, "steps"):
-        head, last = inner[:-1], inner.steps[-1][1]
-    else:
-        head, last = None, inner
-    if last is not None and hasattr(last, "estimators_") and hasattr(last, "n_jobs"):
-        return head, last
-    return None
-
-
-def forest_proba(forest: tuple[Any, Any], features: np.ndarray) -> np.ndarray:
-    """A forest's class probabilities, exactly as its ``predict_proba`` with ``n_jobs=1`` computes
-    them (each tree's probabilities added in order, then divided by the count: bit-identical), but
-    without its per-call set-up: input checks and a joblib pool per call cost more than the trees
-    for a few images (measured here, 150 trees: one image 19 ms through ``predict_proba``, 2.8 ms
-    so; 64 images 24 ms and 9.9 ms). The server's requests are already checked images."""
-    head, trees = forest
-    x = features if head is None else head.transform(features)
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    acc = np.zeros((len(x), int(trees.n_classes_)), dtype=np.float64)
-    for tree in trees.estimators_:
-        acc += tree.predict_proba(x, check_input=False)
-    acc /= len(trees.estimators_)
-    return acc
-
-
-def model_uri(cfg: Any, registered_model: str) -> str:
-    """The URI to serve: ``serve.model``, else ``models:/<registered model>@champion``."""
-    return str(cfg.model or f"models:/{registered_model}@champion")
-
-
-def resolve(uri: str, tracking_uri: str) -> tuple[str, str, str]:
-    """``(registered model name, version, run id)`` that ``uri`` points at now.
-
-    ``models:/NAME@ALIAS`` and ``models:/NAME/VERSION`` are looked up in the registry; any other
-    URI (``runs:/...``, ``models:/m-...``) is taken as it is, with no version.
-    """
-    from mlflow.exceptions import MlflowException
-
-    from mnistops.tracking.store import client
-
-    if not uri.startswith(("models:/", "runs:/", "file:", "/")) and not Path(uri).is_dir():
-        raise TrackingError(
-            f"{uri!r} is not a model URI: use models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model "
-            "or a model folder"
-        )
-    if not uri.startswith("models:/") or uri.startswith("models:/m-"):
-        return "", "", ""
-    ref = uri.removeprefix("models:/")
-    c = client(tracking_uri)
-    try:
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            mv = c.get_model_version_by_alias(name, alias)
-        else:
-            name, version = ref.rsplit("/", 1)
-            mv = c.get_model_version(name, version)
-    except MlflowException as exc:
-        first = (str(exc).splitlines() or [""])[0]
-        raise TrackingError(f"model {uri} is not in the registry of {tracking_uri}: {first}") from None
-    return str(mv.name), str(mv.version), str(mv.run_id)
-
-
-def load(uri: str, tracking_uri: str) -> ServedModel:
-    """Load the model ``uri`` names now (its version resolved first, so the two agree)."""
-    import mlflow
-
-    name, version, run_id = resolve(uri, tracking_uri)
-    fixed = f"models:/{name}/{version}" if version else uri
-    mlflow.set_tracking_uri(tracking_uri)
-    from mnistops import processes
-
-    # From a server, MLflow downloads the model into a temporary folder it never removes: ours is
-    # (the model is in memory once loaded).
-    with processes.temporary_directory("model") as tmp:
-        pyfunc = mlflow.pyfunc.load_model(fixed, dst_path=tmp)
-    metrics: dict[str, float] = {}
-    fingerprint = ""
-    if run_id:
-        from mnistops.tracking.store import client
-
-        run = client(tracking_uri).get_run(run_id)
-        metrics = {
-            k: v for k, v in run.data.metrics.items() if k in ("accuracy", "f1_macro", "f1_weighted", "log_loss")
-        }
-        fingerprint = run.data.tags.get("mnistops.data_fingerprint", "")
-    log.info("loaded %s (%s version %s)", uri, name or "model", version or "-")
-    return ServedModel(uri, name, version, run_id, fingerprint, metrics, time.time(), pyfunc)
+from mnistops.lifecycle.versions import LoadedModel
 
 
 class ModelHolder:
-    """The current :class:`ServedModel` (None until one loads), swapped in one assignment."""
+    """The current :class:`LoadedModel` (None until one loads), swapped in one assignment."""
 
     def __init__(self) -> None:
-        self.current: ServedModel | None = None
+        self.current: LoadedModel | None = None
 
-    def swap(self, model: ServedModel) -> ServedModel | None:
+    def swap(self, model: LoadedModel) -> LoadedModel | None:
         """Make ``model`` current; return the one it replaces."""
         old, self.current = self.current, model
         return old

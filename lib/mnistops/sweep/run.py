@@ -34,12 +34,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mnistops
+from mnistops import record
 from mnistops.config import Config, dump_yaml
 from mnistops.errors import MnistopsError
 from mnistops.sweep.space import Space
 from mnistops.sweep.trial import SWEEP_TAG, TRIAL_TAG, TrialOutcome, run_trial
-from mnistops.tracking import orphans, provenance, store
+from mnistops.tracking import housekeeping, provenance, store
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,10 @@ TRIAL_MODULES = (
     "matplotlib.figure",
     "matplotlib.backends.backend_agg",
     "mnistops.pipeline",
-    "mnistops.sweep.trial",
+    record.SWEEP_TRIAL,
     "mnistops.evaluate.plots",
     "mnistops.evaluate.metrics",
-    "mnistops.monitor.reference",
+    record.MONITOR_REFERENCE,
     "mnistops.train.models",
     "mnistops.data.split",
     "mnistops.data.validate",
@@ -72,7 +72,7 @@ TRIAL_MODULES = (
     "alembic.command",
     "alembic.runtime.migration",
     "sqlalchemy.dialects.sqlite",
-    "mnistops.tracking.orphans",
+    "mnistops.tracking.housekeeping",
 )
 
 
@@ -176,6 +176,7 @@ def sweep(
         cluster.start_fork_server(TRIAL_MODULES)
     uri = store.absolute_uri(store.resolve_uri(cfg.tracking.uri))
     store.check_store(uri, timeout=cfg.tracking.timeout)
+    housekeeping.tidy(uri)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study_sampler = _sampler(sampler, cfg.seed)
     t0 = time.perf_counter()
@@ -183,7 +184,7 @@ def sweep(
     try:
         with cluster.connect(workers, scheduler, preload=TRIAL_MODULES) as dask:
             tags = _parent_tags(cfg, space)
-            with store.tracked_run(uri, cfg.tracking.experiment, tags["mlflow.runName"], tags) as run:
+            with store.tracked_run(uri, cfg.tracking.experiment, tags[record.RUN_NAME], tags) as run:
                 parent = run.info.run_id
                 opened.append(parent)
                 result = SweepResult(
@@ -216,7 +217,7 @@ def sweep(
         # Interrupted (or the cluster failed): the workers are gone, so are the trials they ran.
         if opened:
             with contextlib.suppress(Exception):
-                orphans.end_children(uri, opened[0], "KILLED", f"sweep {opened[0]} was stopped")
+                housekeeping.end_children(uri, opened[0], "KILLED", f"sweep {opened[0]} was stopped")
         raise
     finally:
         from mnistops import processes
@@ -316,22 +317,22 @@ def _tell(study: Any, trial: Any, out: TrialOutcome, space: Space, uri: str, par
     # a retry the shared scheduler made): it ends FAILED, saying which run the trial is.
     why = f"trial {number} of sweep {parent}: its worker is gone"
     why += f"; the trial is run {out.run_id}" if out.ok else ""
-    stale = orphans.end_children(uri, parent, "FAILED", why, f"tags.`{TRIAL_TAG}` = '{number}'")
+    stale = housekeeping.end_children(uri, parent, "FAILED", why, f"tags.`{TRIAL_TAG}` = '{number}'")
     ok = out.ok and out.value is not None
     if not ok:
         if out.ok:
             out.error = f"the run has no metric {space.metric}"
         if out.run_id is None:  # the worker died: its run, if it got that far, is the trial's record
-            # (ended above, or already by another process's orphan sweep: see mnistops.tracking.orphans)
+            # (ended above, or already by another process's orphan sweep: see mnistops.tracking.housekeeping)
             exp = c.get_run(parent).info.experiment_id
             found = stale or [
                 r.info.run_id
                 for r in c.search_runs(
-                    [exp], f"tags.`mlflow.parentRunId` = '{parent}' and tags.`{TRIAL_TAG}` = '{number}'"
+                    [exp], f"tags.`{record.PARENT_RUN_ID}` = '{parent}' and tags.`{TRIAL_TAG}` = '{number}'"
                 )
             ]
             out.run_id = found[0] if found else _failed_run(c, parent, number, trial.params)
-        c.set_tag(out.run_id, "mnistops.sweep.error", out.error or "")
+        c.set_tag(out.run_id, record.SWEEP_ERROR, out.error or "")
     trial.set_user_attr("mlflow_run_id", out.run_id)
     if ok:
         study.tell(trial, out.value)
@@ -357,7 +358,7 @@ def _failed_run(c: Any, parent: str, number: int, params: dict[str, Any]) -> str
     run = c.create_run(
         exp,
         run_name=f"trial-{number}",
-        tags={"mlflow.parentRunId": parent, SWEEP_TAG: parent, TRIAL_TAG: str(number), "mnistops.run_type": "train"},
+        tags={record.PARENT_RUN_ID: parent, SWEEP_TAG: parent, TRIAL_TAG: str(number), record.RUN_TYPE: "train"},
     )
     for name, value in params.items():
         c.log_param(run.info.run_id, f"model.params.{name}", value)
@@ -373,16 +374,13 @@ def ranked(result: SweepResult, n: int = 5) -> list[dict[str, Any]]:
 
 
 def _parent_tags(cfg: Config, space: Space) -> dict[str, str]:
-    tags = {
-        "mnistops.run_type": "sweep",
-        "mnistops.version": mnistops.__version__,
-        "mnistops.model": space.model,
-        "mnistops.experiment": cfg.tracking.experiment,
-        "mlflow.runName": cfg.tracking.run_name or f"sweep-{space.model}",
+    return {
+        record.RUN_TYPE: "sweep",
+        record.MODEL: space.model,
+        record.EXPERIMENT: cfg.tracking.experiment,
+        record.RUN_NAME: cfg.tracking.run_name or f"sweep-{space.model}",
+        **provenance.tags(),
     }
-    for role, info in provenance.code_versions().items():
-        tags.update(info.tags(f"git.{role}"))
-    return tags
 
 
 def _log_parent_inputs(cfg: Config, space: Space, result: SweepResult, n_trials: int) -> None:
@@ -425,21 +423,21 @@ def _finish(cfg: Config, uri: str, parent: str, result: SweepResult, promote: bo
     name = cfg.tracking.registered_model
     version = registry.register(uri, name, model_uri_of(run), best["run_id"], run.data.tags, run.data.metrics)
     c = store.client(uri)
-    c.set_tag(best["run_id"], "mnistops.model_version", version)
-    c.set_tag(best["run_id"], "mnistops.registered_model", name)
+    c.set_tag(best["run_id"], record.MODEL_VERSION, version)
+    c.set_tag(best["run_id"], record.REGISTERED_MODEL, name)
     result.model_version = version
     mlflow.set_tags(
         {
-            "mnistops.sweep.best_trial": str(best["number"]),
-            "mnistops.sweep.best_run_id": best["run_id"],
-            "mnistops.model_version": version,
+            record.SWEEP_BEST_TRIAL: str(best["number"]),
+            record.SWEEP_BEST_RUN_ID: best["run_id"],
+            record.MODEL_VERSION: version,
         }
     )
     mlflow.log_metric(f"best_{result.metric}_final", float(best["value"]))
     if promote:
         decision = registry.promote(uri, best["run_id"], cfg.gate, name)
         result.promotion = decision.to_dict()
-        mlflow.set_tag("mnistops.sweep.promotion", decision.verdict)
+        mlflow.set_tag(record.SWEEP_PROMOTION, decision.verdict)
 
 
 def space_file(root: Path, cfg: Config, given: Path | None) -> Path:

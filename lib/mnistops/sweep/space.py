@@ -154,7 +154,7 @@ def load_space(path: Path) -> Space:
 
 def check_against_model(space: Space, path: Path | str) -> None:
     """Every parameter is one the model accepts, every bound and choice a value it accepts."""
-    from mnistops.train.models import PARAMS
+    from mnistops.catalog import PARAMS
 
     model = PARAMS[space.model]
     accepted = sorted(model.model_fields)

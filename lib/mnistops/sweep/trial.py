@@ -15,14 +15,14 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mnistops import processes, threadsafe_ast
+from mnistops import processes, record, threadsafe_ast
 
 log = logging.getLogger(__name__)
 
 # Prepared data kept by this worker process between trials (see mnistops.pipeline.data_key).
 _DATA: dict[tuple[Any, ...], Any] = {}
 
-SWEEP_TAG, TRIAL_TAG = "mnistops.sweep.run_id", "mnistops.sweep.trial"
+SWEEP_TAG, TRIAL_TAG = record.SWEEP_RUN_ID, record.SWEEP_TRIAL
 
 
 @dataclass
@@ -80,10 +80,10 @@ def run_trial(
 def _train(
     outcome: TrialOutcome, config: dict[str, Any], params: dict[str, Any], sweep_run_id: str, uri: str, n_cores: int
 ) -> None:
+    from mnistops.catalog import PARAMS
     from mnistops.cluster import cpus
     from mnistops.config import build_config
     from mnistops.pipeline import data_key, train
-    from mnistops.train.models import PARAMS
 
     data = {**config, "model": {**config["model"], "params": {**config["model"].get("params", {}), **params}}}
     for knob in ("n_jobs", "threads"):  # the forests' and the CNN's share of the cores
@@ -93,13 +93,13 @@ def _train(
     cfg = build_config(data)
     outcome.data_reused = data_key(cfg) in _DATA
     tags = {
-        "mlflow.parentRunId": sweep_run_id,
+        record.PARENT_RUN_ID: sweep_run_id,
         SWEEP_TAG: sweep_run_id,
         TRIAL_TAG: str(outcome.number),
-        "mnistops.sweep.worker": outcome.worker,
-        "mnistops.sweep.cores": str(n_cores),
-        "mnistops.sweep.cpus": ",".join(map(str, cpus())),
-        "mnistops.sweep.data_reused": str(outcome.data_reused).lower(),
+        record.SWEEP_WORKER: outcome.worker,
+        record.SWEEP_CORES: str(n_cores),
+        record.SWEEP_CPUS: ",".join(map(str, cpus())),
+        record.SWEEP_DATA_REUSED: str(outcome.data_reused).lower(),
     }
     # MLflow's own temporary folders (a model staged for logging, say) go in a folder named after
     # this worker, so that a worker killed mid-trial leaves nothing the next command does not sweep.

@@ -141,3 +141,32 @@ def as_dict(info: GitInfo) -> dict[str, Any]:
     d = asdict(info)
     d.pop("diff")
     return d
+
+
+def tags(env: dict[str, Any] | None = None, code: dict[str, GitInfo] | None = None) -> dict[str, str]:
+    """The tags every run mnistops makes carries (a training run, a notebook batch, a sweep): the
+    mnistops version, the environment (Python, OS, machine, cores, package versions, their hash)
+    and the git state of each repository (``git.<role>.*``).
+
+    Args:
+        env: :func:`environment`'s answer (default: this process's).
+        code: role to :class:`GitInfo` (default: :func:`code_versions`).
+    """
+    import mnistops
+    from mnistops import record
+
+    env = env if env is not None else environment()
+    out = {
+        record.VERSION: mnistops.__version__,
+        record.ENV_HASH: environment_hash(env),
+        "env.python": env["python"],
+        "env.os": env["os"],
+        "env.machine": env["machine"],
+        "env.cpu_count": str(env["cpu_count"]),
+    }
+    out.update({f"env.pkg.{k}": v for k, v in env["packages"].items()})
+    for role, info in (code if code is not None else code_versions()).items():
+        out.update(info.tags(f"git.{role}"))
+    if record.GIT_CODE_COMMIT in out:
+        out[record.SOURCE_GIT_COMMIT] = out[record.GIT_CODE_COMMIT]
+    return out

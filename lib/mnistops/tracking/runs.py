@@ -8,10 +8,18 @@ training again.
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from mnistops import processes
+import numpy as np
+
+from mnistops import processes, record
+from mnistops.errors import DataError, RunNotFoundError
 from mnistops.tracking import store
+
+if TYPE_CHECKING:
+    from mnistops.config import Config
+    from mnistops.evaluate.analysis import RunPredictions
 
 
 def is_timing(metric: str) -> bool:
@@ -31,7 +39,7 @@ def find_cached(uri: str, experiment: str, key: dict[str, str]) -> Any | None:
         [exp.experiment_id], " and ".join(clauses), order_by=["attributes.start_time DESC"], max_results=5
     )
     for run in runs:
-        if "mnistops.reproduction_of" not in run.data.tags:
+        if record.REPRODUCTION_OF not in run.data.tags:
             return run
     return None
 
@@ -46,13 +54,11 @@ def list_runs(uri: str, experiment: str, model_name: str, limit: int = 20) -> li
     """The newest ``limit`` runs of ``experiment`` as rows (JSON-ready)."""
     from datetime import UTC, datetime
 
-    from mnistops.lifecycle.registry import CHAMPION, alias_version
-
     c = store.client(uri)
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
         return []
-    champion = alias_version(uri, model_name, CHAMPION)
+    champion = alias_version(uri, model_name, record.CHAMPION)
     champion_run = champion.run_id if champion is not None else None
     rows = []
     for run in c.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=limit):
@@ -74,14 +80,14 @@ def list_runs(uri: str, experiment: str, model_name: str, limit: int = 20) -> li
                 "run_id": run.info.run_id,
                 "started": datetime.fromtimestamp(run.info.start_time / 1000, UTC).isoformat(timespec="seconds"),
                 "status": run.info.status,
-                "model": kind if (kind := t.get("mnistops.run_type", "train")) != "train" else p.get("model.name", ""),
+                "model": kind if (kind := t.get(record.RUN_TYPE, "train")) != "train" else p.get("model.name", ""),
                 "params": key_params,
                 "accuracy": m.get("accuracy"),
                 "f1_macro": m.get("f1_macro"),
-                "data": t.get("mnistops.data_fingerprint", "")[:12],
+                "data": t.get(record.DATA_FINGERPRINT, "")[:12],
                 "champion": run.info.run_id == champion_run,
-                "reproduction_of": t.get("mnistops.reproduction_of"),
-                "ended_by": t.get("mnistops.ended_by"),
+                "reproduction_of": t.get(record.REPRODUCTION_OF),
+                "ended_by": t.get(record.ENDED_BY),
             }
         )
     return rows
@@ -107,10 +113,13 @@ def compare_runs(uri: str, run_a: str, run_b: str) -> dict[str, Any]:
         "run_b": run_b,
         "params": params,
         "metrics": metrics,
-        "data": same("mnistops.data_fingerprint"),
-        "split": same("mnistops.split_fingerprint"),
-        "config": same("mnistops.config_hash"),
-        "code": {**same("git.code.commit"), "dirty": [ta.get("git.code.dirty"), tb.get("git.code.dirty")]},
+        "data": same(record.DATA_FINGERPRINT),
+        "split": same(record.SPLIT_FINGERPRINT),
+        "config": same(record.CONFIG_HASH),
+        "code": {
+            **same(record.GIT_CODE_COMMIT),
+            "dirty": [ta.get(record.GIT_CODE_DIRTY), tb.get(record.GIT_CODE_DIRTY)],
+        },
         "environment": {
             k.removeprefix("env.pkg."): {"a": ta.get(k), "b": tb.get(k)} for k in env_keys if ta.get(k) != tb.get(k)
         },
@@ -142,8 +151,6 @@ def artifact_bytes(uri: str, run_id: str, path: str) -> bytes:
 
     import mlflow
 
-    from mnistops.errors import RunNotFoundError
-
     with processes.temporary_directory("artifact") as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(
@@ -153,3 +160,103 @@ def artifact_bytes(uri: str, run_id: str, path: str) -> bytes:
             raise RunNotFoundError(f"run {run_id} has no artifact {path}") from None
         with open(local, "rb") as f:
             return f.read()
+
+
+def alias_version(uri: str, name: str, alias: str) -> Any | None:
+    """The version behind ``name@alias``, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return store.client(uri).get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def run_config(uri: str, run_id: str) -> Config:
+    """The resolved config a run saved (``config.yaml``), read back alone (no env, no overrides)."""
+
+    import mlflow
+
+    from mnistops.config import load_config
+
+    with processes.temporary_directory("config") as tmp:
+        mlflow.set_tracking_uri(uri)
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml", dst_path=tmp)
+        except Exception:
+            raise RunNotFoundError(
+                f"run {run_id} has no saved config.yaml: it was not made by mnistops train"
+            ) from None
+        return load_config(path, environ={})
+
+
+def latest_run(uri: str, experiment: str) -> str:
+    """The newest FINISHED training run (not a reproduction) of ``experiment``."""
+    c = store.client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        raise RunNotFoundError(f"experiment {experiment!r} has no runs in {uri}: run `mnistops train` first")
+    runs = c.search_runs(
+        [exp.experiment_id], "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=20
+    )
+    for run in runs:
+        if is_training_run(run.data.tags):
+            return str(run.info.run_id)
+    raise RunNotFoundError(f"experiment {experiment!r} has no finished training run: run `mnistops train` first")
+
+
+def is_training_run(tags: dict[str, str]) -> bool:
+    """A run of ``mnistops train`` (not a reproduction, not a notebook batch)."""
+    return tags.get(record.RUN_TYPE, "train") == "train" and record.REPRODUCTION_OF not in tags
+
+
+def last_verdict(tracking_uri: str, name: str, version: str) -> str | None:
+    """The verdict of the newest monitoring run that watched ``name`` version ``version``, if any."""
+    c = store.client(tracking_uri)
+    experiment = c.get_experiment_by_name(record.MONITORING_EXPERIMENT)
+    if experiment is None:
+        return None
+    runs = c.search_runs(
+        [experiment.experiment_id],
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+        filter_string=f"tags.`{record.MONITOR_MODEL}` = '{name}' and "
+        f"tags.`{record.MONITOR_MODEL_VERSION}` = '{version}'",
+    )
+    return str(runs[0].data.tags.get(record.MONITOR_VERDICT)) if runs else None
+
+
+def run_predictions(uri: str, run_id: str) -> RunPredictions:
+    """Read a training run's held-out predictions back, with their images and labels.
+
+    Raises:
+        RunNotFoundError: no such run, or it holds no predictions.
+        DataError: the dataset it names is no longer the data it was trained on.
+    """
+    import mlflow
+
+    from mnistops.data import sources
+    from mnistops.errors import RunNotFoundError
+    from mnistops.evaluate.analysis import RunPredictions
+
+    run = store.get_run(uri, run_id)
+    cfg = run_config(uri, run_id)
+    ds = sources.load(cfg.data.dataset, source=cfg.data.source)
+    expected = run.data.tags.get(record.DATA_FINGERPRINT)
+    if ds.fingerprint != expected:
+        raise DataError(
+            f"dataset {cfg.data.dataset} now has fingerprint {ds.fingerprint[:12]}, but run {run_id} was trained on "
+            f"{str(expected)[:12]}: evaluate it on its own data"
+        )
+    with processes.temporary_directory("eval") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="predictions/predictions.npz", dst_path=tmp, tracking_uri=uri
+            )
+        except Exception:
+            raise RunNotFoundError(
+                f"run {run_id} holds no predictions/predictions.npz: evaluate a training run"
+            ) from None
+        with np.load(Path(path)) as z:
+            rows, proba = z["rows"].astype(np.int64), z["proba"].astype(np.float32)
+    return RunPredictions(run_id, cfg, rows, ds.images[rows], ds.labels[rows], proba, ds.class_names)

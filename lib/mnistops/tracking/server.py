@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 from mnistops import processes
 from mnistops.errors import ConfigError, MissingExtraError, TrackingError
-from mnistops.tracking import store
+from mnistops.tracking import housekeeping, store
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ def plan(
             "sqlite:///PATH), not a server or a folder"
         )
     store.check_store(backend, create=True, timeout=timeout)
+    housekeeping.tidy(backend)
     if artifacts is None:
         sqlite = store.sqlite_path(backend)
         artifacts = (sqlite.parent if sqlite is not None else Path.cwd()) / "mlartifacts"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mnistops import processes
+from mnistops import processes, record
 from mnistops.errors import RunNotFoundError, StoreNotFoundError, TrackingError, no_space
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,8 @@ def sqlite_path(uri: str) -> Path | None:
 
 def check_store(uri: str, create: bool = True, write: bool = True, timeout: float | None = None) -> None:
     """Make sure the tracking store at ``uri`` answers, in seconds, or raise a one-line error.
+    It only checks (and creates a new SQLite store): ending what dead processes left behind is
+    :func:`mnistops.tracking.housekeeping.tidy`, which the commands call next.
 
     Every way a store fails is checked before MLflow's own retry loop (ten attempts over about
     100 s) could start: a SQLite folder that does not exist or cannot be written, a database
@@ -145,16 +147,13 @@ def check_store(uri: str, create: bool = True, write: bool = True, timeout: floa
         # tables there. So no lock file is left beside the store (in a user's git tree, say).
         with contextlib.suppress(OSError):
             Path(lock.lock_file).unlink()
-    # Housekeeping every command does: runs and temporary folders of processes that are gone.
-    from mnistops.tracking import orphans
 
-    try:
-        orphans.reap(uri)
-    except Exception as exc:  # a store this command may only read: say nothing more than that
-        if write:
-            raise TrackingError(f"tracking store {uri}: cannot end runs left RUNNING: {exc}") from None
-        log.debug("could not end orphaned runs in %s: %s", uri, exc)
-    processes.sweep()
+
+def owner_tags() -> dict[str, str]:
+    """Tags naming this process, which every run it starts carries: host, pid and start time (so
+    that :func:`mnistops.tracking.housekeeping.reap` can tell when it is gone)."""
+    pid, start = processes.identity()
+    return {record.OWNER_HOST: socket.gethostname(), record.OWNER_PID: str(pid), record.OWNER_STARTED: f"{start:.2f}"}
 
 
 def _check_server(uri: str, timeout: float) -> None:
@@ -380,14 +379,20 @@ def artifact_root(uri: str) -> str | None:
 
 
 def ensure_experiment(uri: str, name: str) -> None:
-    """Create experiment ``name`` if it does not exist, with its artifacts at :func:`artifact_root`."""
+    """Create experiment ``name`` if it does not exist, with its artifacts at :func:`artifact_root`,
+    tagged as a classification project (``mlflow.experimentKind``): without the tag MLflow's UI
+    opens it as GenAI evaluation runs. An experiment made before the tag existed gets it now."""
     from mlflow.exceptions import MlflowException
 
     c = client(uri)
-    if c.get_experiment_by_name(name) is not None:
+    kind = {record.EXPERIMENT_KIND: record.CLASSIFICATION}
+    existing = c.get_experiment_by_name(name)
+    if existing is not None:
+        if record.EXPERIMENT_KIND not in existing.tags:
+            c.set_experiment_tag(existing.experiment_id, record.EXPERIMENT_KIND, record.CLASSIFICATION)
         return
     try:
-        c.create_experiment(name, artifact_location=artifact_root(uri))
+        c.create_experiment(name, artifact_location=artifact_root(uri), tags=kind)
     except MlflowException:
         if c.get_experiment_by_name(name) is None:  # not a race with another process: a real error
             raise
@@ -442,9 +447,7 @@ def tracked_run(
     except Exception as exc:
         raise TrackingError(f"cannot use experiment {experiment!r} in {uri}: {str(exc).splitlines()[0]}") from None
     run_log = run_log or RunLog()
-    from mnistops.tracking import orphans
-
-    run = mlflow.start_run(run_name=run_name, tags={**tags, **orphans.owner_tags()})
+    run = mlflow.start_run(run_name=run_name, tags={**tags, **owner_tags()})
     log.info("run %s started in experiment %r of %s", run.info.run_id, experiment, uri)
     status, full = "FAILED", None
     try:
@@ -468,99 +471,8 @@ def tracked_run(
             mlflow.log_artifact(str(run_log.path))
         try:
             mlflow.end_run(status)
-        except Exception as exc:  # the store went away or is full: the next command ends it (orphans)
+        except Exception as exc:  # the store went away or is full: the next command ends it (housekeeping)
             log.error("could not mark run %s %s: %s", run.info.run_id, status, str(exc).splitlines()[0])
             with contextlib.suppress(Exception):
                 mlflow.end_run(status)  # at least this process's notion of the active run
         run_log.remove()
-
-
-def model_signature() -> Any:
-    """Input: images, any number type and either layout (see below). Output: ``label`` and ``prob_0..9``.
-
-    MLflow checks a tensor input's rank and dtype exactly, so no single typed tensor admits both
-    ``uint8 (n, 28, 28)`` and ``float64 (n, 784)``, the two forms people pass most. The input is
-    declared as MLflow's "any array" (object dtype, shape ``(-1,)``), which its schema check lets
-    through as it is, and the model checks shape, type and range itself
-    (:func:`mnistops.train.pyfunc_model.to_features`), refusing anything else with a clear message.
-    """
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema, TensorSpec
-
-    outputs: list[ColSpec | TensorSpec] = [ColSpec("long", "label")]
-    outputs += [ColSpec("double", f"prob_{i}") for i in range(10)]
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(object), (-1,))]), outputs=Schema(outputs))
-
-
-def prepare_model_logging() -> None:
-    """Do ahead what :func:`log_model` spends most of its time on, e.g. on a thread while the
-    model predicts: import ``mlflow.pyfunc`` and let MLflow map modules to packages (a scan
-    of every installed distribution, which it does once per process to check requirements)."""
-    import mlflow.pyfunc  # noqa: F401
-
-    try:
-        from mlflow.utils.requirements_utils import _init_packages_to_modules_map
-    except ImportError:  # a private helper: if MLflow moves it, log_model just does the scan later
-        return
-    _init_packages_to_modules_map()
-
-
-def log_model(model_dir: Path, input_example: Any, pip_requirements: list[str]) -> Any:
-    """Log a saved mnistops model (``model_dir``) as an MLflow pyfunc model named ``model``.
-
-    The pyfunc code (:mod:`mnistops.train.pyfunc_model`) is stored with it, so stock MLflow loads it
-    in a fresh process without mnistops. Requirements are given, not inferred: inference would
-    load the model once more in a subprocess.
-    """
-    import mlflow
-    from mlflow.models import Model
-
-    # What mlflow.pyfunc.log_model does, minus validate_serving_input: that check loads the
-    # whole model a second time in this process (over a second and the model's size in RAM
-    # for a forest). The tests load every logged model in a fresh process instead.
-    class _Pyfunc:
-        """``mlflow.pyfunc`` as a flavor module for ``Model.log``, without the re-load check."""
-
-        __name__ = "mlflow.pyfunc"
-
-        @staticmethod
-        def save_model(**kwargs: Any) -> None:
-            kwargs.pop("validate_serving_input", None)
-            mlflow.pyfunc.save_model(**kwargs)
-
-    try:
-        return _log_pyfunc(Model, _Pyfunc, model_dir, input_example, pip_requirements)
-    except BaseException:
-        _remove_failed_upload()
-        raise
-
-
-def _remove_failed_upload() -> None:
-    """The files of a model whose logging failed half-way (a full disk): a reader finds the whole
-    model or none. Its record in the store stays, marked failed by MLflow."""
-    import mlflow
-
-    with contextlib.suppress(Exception):
-        model = mlflow.last_logged_model()
-        if model is not None and model.artifact_location.startswith("file://"):
-            folder = Path(model.artifact_location.removeprefix("file://"))
-            shutil.rmtree(folder, ignore_errors=True)
-            log.info("removed the files of model %s, whose logging failed", model.model_id)
-
-
-def _log_pyfunc(model: Any, flavor: Any, model_dir: Path, input_example: Any, pip_requirements: list[str]) -> Any:
-    from mnistops.train import pyfunc_model
-
-    return model.log(
-        artifact_path=None,
-        name="model",
-        flavor=flavor,
-        flavor_name="pyfunc.ModelFromCode",
-        python_model=pyfunc_model.__file__,
-        artifacts={"model_dir": str(model_dir)},
-        signature=model_signature(),
-        input_example=input_example,
-        pip_requirements=pip_requirements,
-        validate_serving_input=False,
-    )

@@ -2,7 +2,7 @@
 
 The recipe (architecture, batch size, AdamW, one-cycle learning rate, random shifts as
 augmentation, early stopping, device, mixed precision) lives in
-:class:`mnistops.train.models.CNNParams`. A validation slice is carved from the *training* rows
+:class:`mnistops.catalog.CNNParams`. A validation slice is carved from the *training* rows
 (the test rows are touched once, by the pipeline, at the end); the weights of the best validation
 epoch are kept. With the same seed, data, device and thread count, two runs give the same weights
 bit for bit (``torch.use_deterministic_algorithms``; on CUDA with ``CUBLAS_WORKSPACE_CONFIG``).
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mnistops import record
 from mnistops.progress import NullReporter, Reporter
 
 log = logging.getLogger(__name__)
@@ -55,13 +56,13 @@ def resolve_device(wanted: str) -> torch.device:
 
 def device_tags(device: torch.device) -> dict[str, str]:
     """What a run records of the device it trained on."""
-    tags = {"mnistops.device": device.type, "mnistops.torch": torch.__version__}
+    tags = {record.DEVICE: device.type, record.TORCH: torch.__version__}
     if device.type == "cuda":
         tags.update(
             {
-                "mnistops.device.name": torch.cuda.get_device_name(device),
-                "mnistops.device.cuda": str(torch.version.cuda),
-                "mnistops.device.cudnn": str(torch.backends.cudnn.version()),
+                record.DEVICE_NAME: torch.cuda.get_device_name(device),
+                record.DEVICE_CUDA: str(torch.version.cuda),
+                record.DEVICE_CUDNN: str(torch.backends.cudnn.version()),
             }
         )
     return tags

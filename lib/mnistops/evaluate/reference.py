@@ -1,7 +1,7 @@
 """The reference a served model is watched against, computed when it is trained and logged with its
 run (``monitoring/reference.npz``).
 
-* the :mod:`~mnistops.monitor.features` of a seeded sample of the training images;
+* the :mod:`~mnistops.evaluate.features` of a seeded sample of the training images;
 * a PCA fitted on that sample (its mean and components) and the sample's first components;
 * the reconstruction error of the sample under that PCA, whose 99th percentile marks an input as
   out of distribution (far from anything the model was trained on);
@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from mnistops import record
 from mnistops.errors import MnistopsError
-from mnistops.monitor.features import FEATURES, image_features
+from mnistops.evaluate.features import FEATURES, image_features
 
-ARTIFACT = "monitoring/reference.npz"
 SAMPLE = 5000  # training images in the reference (features and PCA)
 COMPONENTS = 10
 OOD_QUANTILE = 0.99  # an input whose PCA reconstruction error passes this quantile of the training sample's
@@ -115,12 +115,12 @@ def for_run(tracking_uri: str, run_id: str) -> Reference:
     with processes.temporary_directory("reference") as tmp:
         try:
             path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=ARTIFACT, dst_path=tmp, tracking_uri=tracking_uri
+                run_id=run_id, artifact_path=record.REFERENCE_ARTIFACT, dst_path=tmp, tracking_uri=tracking_uri
             )
         except Exception:
             raise NoReferenceError(
-                f"run {run_id} has no reference profile ({ARTIFACT}): it was trained before monitoring existed; "
-                "retrain it (mnistops train --force) to monitor it"
+                f"run {run_id} has no reference profile ({record.REFERENCE_ARTIFACT}): it was trained before "
+                "monitoring existed; retrain it (mnistops train --force) to monitor it"
             ) from None
         return Reference.load(Path(path))
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from mnistops import processes
+from mnistops import processes, record
 from mnistops.errors import ReproductionError
 from mnistops.progress import Reporter
-from mnistops.tracking import provenance, store
+from mnistops.tracking import housekeeping, provenance, store
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +84,16 @@ def package_diffs(tags: dict[str, str]) -> dict[str, dict[str, str | None]]:
 def reproduce(uri: str, run_id: str, progress: Reporter | None = None) -> Reproduction:
     """Re-run ``run_id`` from its record and compare; see the module docstring."""
     from mnistops.data import sources
-    from mnistops.lifecycle.registry import run_config
     from mnistops.pipeline import train
-    from mnistops.tracking.runs import is_timing
+    from mnistops.tracking.runs import is_timing, run_config
 
     store.check_store(uri, create=False)
+    housekeeping.tidy(uri)
     original = store.get_run(uri, run_id)
     tags = original.data.tags
     cfg = run_config(uri, run_id)
     cfg.tracking.uri = uri
-    want = tags.get("mnistops.data_fingerprint")
+    want = tags.get(record.DATA_FINGERPRINT)
     ds = sources.load(cfg.data.dataset, source=cfg.data.source, progress=progress)
     if ds.fingerprint != want:
         raise ReproductionError(
@@ -102,7 +102,7 @@ def reproduce(uri: str, run_id: str, progress: Reporter | None = None) -> Reprod
         )
     warnings = []
     code = provenance.code_versions().get("code")
-    recorded_commit = tags.get("git.code.commit")
+    recorded_commit = tags.get(record.GIT_CODE_COMMIT)
     if code is not None and recorded_commit and code.commit != recorded_commit:
         warnings.append(f"code differs: run {run_id} used commit {recorded_commit}, HEAD is now {code.commit}")
     if code is not None and code.dirty:
@@ -115,7 +115,7 @@ def reproduce(uri: str, run_id: str, progress: Reporter | None = None) -> Reprod
     for w in warnings:
         log.warning(w)
 
-    result = train(cfg, progress, force=True, register=False, extra_tags={"mnistops.reproduction_of": run_id})
+    result = train(cfg, progress, force=True, register=False, extra_tags={record.REPRODUCTION_OF: run_id})
     tol = TOLERANCES.get(cfg.model.name, EXACT)
     new_metrics = store.get_run(uri, result.run_id).data.metrics  # step metrics too (latest values)
     metric_diffs = {
@@ -134,9 +134,9 @@ def reproduce(uri: str, run_id: str, progress: Reporter | None = None) -> Reprod
     else:
         verdict = "mismatch"
     c = store.client(uri)
-    c.set_tag(result.run_id, "mnistops.reproduction.verdict", verdict)
-    c.set_tag(result.run_id, "mnistops.reproduction.max_metric_diff", f"{worst:.3g}")
-    c.set_tag(result.run_id, "mnistops.reproduction.prediction_mismatches", str(mismatches))
+    c.set_tag(result.run_id, record.REPRODUCTION_VERDICT, verdict)
+    c.set_tag(result.run_id, record.REPRODUCTION_MAX_METRIC_DIFF, f"{worst:.3g}")
+    c.set_tag(result.run_id, record.REPRODUCTION_MISMATCHES, str(mismatches))
     return Reproduction(
         original_run=run_id,
         new_run=result.run_id,
