@@ -16,7 +16,7 @@ LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 TEST_WORKERS ?= 4
 PARALLEL := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
-.PHONY: install run train lab test test-fast lint typecheck unit nbval suite notebooks lock bench clean
+.PHONY: install run train lab test test-fast lint typecheck docs unit nbval suite notebooks lock bench clean
 
 # The venv, installed with requirements.txt as constraints: every machine gets the same versions.
 $(STAMP): pyproject.toml $(LOCK)
@@ -45,6 +45,9 @@ lint: install ## ruff, the formatter's check, and the package's layers (import-l
 typecheck: install
 	$(BIN)/mypy
 
+docs: install ## the manual as a site, in site/ (MkDocs Material; a broken link or page fails it)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 unit: install ## every test under tests/, in parallel
 	$(BIN)/pytest $(PARALLEL)
 
@@ -54,8 +57,8 @@ nbval: install ## every notebook runs top to bottom; checked cells print what is
 suite: install ## every test and nbval over notebooks/, in one parallel session
 	$(BIN)/pytest $(PARALLEL) --nbval-lax -p no:cacheprovider tests notebooks
 
-test: ## lint, type-check, every test and nbval over notebooks/; the last line is its wall time
-	@start=$$(date +%s); $(MAKE) --no-print-directory lint typecheck suite; status=$$?; \
+test: ## lint, type-check, the docs, every test and nbval over notebooks/; the last line is its wall time
+	@start=$$(date +%s); $(MAKE) --no-print-directory lint typecheck docs suite; status=$$?; \
 	echo "make test: $$([ $$status -eq 0 ] && echo passed || echo FAILED) in $$(($$(date +%s) - start)) s wall"; \
 	exit $$status
 
@@ -81,4 +84,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_sweep.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mlruns mlflow.db
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mlruns mlflow.db site

@@ -21,7 +21,7 @@ def test_committed_notebook_keeps_the_rule(path: Path) -> None:
     shown = [c for c in code if VOLATILE_TAG not in c.metadata.get("tags", [])]
     assert sum(bool(c.outputs) for c in shown) >= len(shown) // 2  # students see results without running
     assert nb.cells[0].cell_type == "markdown" and "**Needs:**" in nb.cells[0].source
-    assert "parameters" in code[0].metadata.get("tags", []) and code[1].source.startswith("%load_ext mnistops.notebook")
+    assert "parameters" in code[0].metadata.get("tags", []) and code[1].source.startswith("%load_ext mnistops.ipython")
 
 
 def test_the_documented_results_are_checked_cells() -> None:

@@ -15,7 +15,7 @@ from mnistops.errors import ConfigError, DataError, MnistopsError
 from mnistops.evaluate import reference
 from mnistops.evaluate.features import FEATURES, image_features
 from mnistops.monitor import checks, simulate
-from mnistops.monitor.run import parse_duration, read_batch
+from mnistops.monitor.watch import parse_duration, read_batch
 from support import shared_folder
 
 
@@ -157,7 +157,7 @@ def test_durations() -> None:
     assert parse_duration("90s") == 90 and parse_duration("2w") == 1209600
     with pytest.raises(MnistopsError, match="is not a duration or a time: use a number and a unit"):
         parse_duration("yesterday")
-    from mnistops.monitor.run import window_start
+    from mnistops.monitor.watch import window_start
 
     assert window_start("2h", 10_000.0) == 2800.0
     assert window_start("1970-01-01T01:00:00Z", 0) == 3600.0 == window_start("1970-01-01T01:00:00", 0)

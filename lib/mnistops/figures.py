@@ -2,7 +2,7 @@
 
 No pyplot: no global figure registry, no window, safe off the main thread, and a third of a
 second less to import. Helpers across the stages return a :class:`matplotlib.figure.Figure`;
-a notebook shows it (see :mod:`mnistops.notebook`), a run saves it with :func:`save_png`.
+a notebook shows it (see :mod:`mnistops.ipython`), a run saves it with :func:`save_png`.
 """
 
 from __future__ import annotations

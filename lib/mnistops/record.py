@@ -85,7 +85,6 @@ MONITOR_MODEL = "mnistops.monitor.model"
 MONITOR_MODEL_VERSION = "mnistops.monitor.model_version"
 MONITOR_MODEL_RUN = "mnistops.monitor.model_run"
 MONITOR_VERDICT = "mnistops.monitor.verdict"
-MONITOR_REFERENCE = "mnistops.monitor.reference"
 VERDICT_CODE = {"ok": 0, "warn": 1, "drift": 2}  # the monitoring run's metric and the server's gauge
 
 # --- where the code came from (git.<role>.*: code is mnistops' own tree, workdir the user's) --

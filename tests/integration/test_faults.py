@@ -504,7 +504,7 @@ def test_every_batch_file_is_checked_before_it_is_trusted(tmp_path: Path, mnist:
     assert not (tmp_path / "mlflow.db").exists()  # refused before the store was asked
     plain = tmp_path / "plain.npy"  # a plain .npy of images is taken as the batch
     np.save(plain, mnist.images[:7])
-    from mnistops.monitor.run import read_batch
+    from mnistops.monitor.watch import read_batch
 
     np.testing.assert_array_equal(read_batch(plain), mnist.images[:7])
 

@@ -325,9 +325,8 @@ def test_a_promotion_and_a_rollback_at_once_take_turns(store: Path) -> None:
     champion it read before the rollback moved it (5 of 10 rounds ended with @previous on v2)."""
     from mlflow.tracking import MlflowClient
 
-    from mnistops import pipeline
+    from mnistops import pipeline, record
     from mnistops.config import load_config
-    from mnistops.lifecycle import registry
 
     uri = os.environ["MLFLOW_TRACKING_URI"]
     runs = [
@@ -337,12 +336,12 @@ def test_a_promotion_and_a_rollback_at_once_take_turns(store: Path) -> None:
     client, name = MlflowClient(uri), "mnist-classifier"
 
     def reset() -> None:  # v2 @champion, v1 @previous, as two promotions leave them
-        client.set_registered_model_alias(name, registry.CHAMPION, "2")
-        client.set_registered_model_alias(name, registry.PREVIOUS, "1")
-        client.set_model_version_tag(name, "2", registry.PREVIOUS_CHAMPION, "1")
-        client.set_model_version_tag(name, "1", registry.PREVIOUS_CHAMPION, "none")
+        client.set_registered_model_alias(name, record.CHAMPION, "2")
+        client.set_registered_model_alias(name, record.PREVIOUS, "1")
+        client.set_model_version_tag(name, "2", record.PREVIOUS_CHAMPION, "1")
+        client.set_model_version_tag(name, "1", record.PREVIOUS_CHAMPION, "none")
         for version in ("1", "2", "3"):
-            client.delete_model_version_tag(name, version, registry.ROLLED_BACK)
+            client.delete_model_version_tag(name, version, record.ROLLED_BACK)
 
     racers = [
         subprocess.Popen(
@@ -366,7 +365,7 @@ def test_a_promotion_and_a_rollback_at_once_take_turns(store: Path) -> None:
             assert promoted == {"promoted": True}, promoted
             model = client.get_registered_model(name)
             aliases = {alias: str(version) for alias, version in model.aliases.items()}
-            champion_before = client.get_model_version(name, aliases["champion"]).tags[registry.PREVIOUS_CHAMPION]
+            champion_before = client.get_model_version(name, aliases["champion"]).tags[record.PREVIOUS_CHAMPION]
             seen.append(aliases["champion"])
             # Promote first: v3 replaced v2, then the rollback went back to v2 (v3 rolled back).
             # Rollback first: v1 came back (v2 rolled back), then v3 replaced it.

@@ -348,3 +348,15 @@ def test_exception_mid_run_leaves_the_run_failed(
         mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="run.log", dst_path=str(store))
     ).read_text()
     assert "disk full" in log
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("seed")
+def test_the_experiment_opens_as_a_model_training_project(seed_run: tuple[Path, dict[str, Any]]) -> None:
+    """MLflow 3.17's UI opens an experiment without ``mlflow.experimentKind`` as GenAI evaluation
+    runs (the notebook batch listed as an evaluation); mnistops tags the experiments it creates."""
+    work, result = seed_run
+    from mlflow.tracking import MlflowClient
+
+    experiment = MlflowClient(f"sqlite:///{work / 'mlflow.db'}").get_experiment_by_name(result["experiment"])
+    assert experiment is not None and experiment.tags["mlflow.experimentKind"] == "classification"

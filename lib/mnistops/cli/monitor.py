@@ -54,7 +54,7 @@ def monitor_cmd(
         return
     from mnistops.config import load_config
     from mnistops.lifecycle.versions import model_uri
-    from mnistops.monitor.run import monitor, read_batch
+    from mnistops.monitor.watch import monitor, read_batch
 
     if batch is not None:  # the user's file is checked before the store is asked anything
         read_batch(batch, load_config(config, set_ or []).monitor.max_batch_images)

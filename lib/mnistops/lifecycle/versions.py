@@ -4,7 +4,7 @@
 (:func:`resolve`); :func:`load` loads that very version. A :class:`LoadedModel` is immutable, and
 its ``predict_proba`` goes straight to the model inside the MLflow pyfunc wrapper when it is an
 mnistops model (no DataFrame per call), else through ``pyfunc.predict``. The server answers with
-it (:mod:`mnistops.serve.model` follows ``@champion``), monitoring predicts batches with it.
+it (:mod:`mnistops.serve.holder` follows ``@champion``), monitoring predicts batches with it.
 """
 
 from __future__ import annotations

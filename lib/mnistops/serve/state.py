@@ -18,8 +18,8 @@ from fastapi import Depends, Request
 
 from mnistops import record
 from mnistops.config import ServeConfig
-from mnistops.serve.metrics import Metrics
-from mnistops.serve.model import ModelHolder
+from mnistops.serve.holder import ModelHolder
+from mnistops.serve.prom import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Notebook support: ``%load_ext mnistops.notebook`` in the first code cell of every notebook.
+"""Notebook support: ``%load_ext mnistops.ipython`` in the first code cell of every notebook.
 
 It makes a notebook behave like the CLI where a student would notice:
 
@@ -44,7 +44,7 @@ def _figure_png(fig: Any) -> bytes:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """Called by ``%load_ext mnistops.notebook``."""
+    """Called by ``%load_ext mnistops.ipython``."""
     from matplotlib.figure import Figure
 
     from mnistops.errors import MnistopsError
@@ -61,7 +61,7 @@ def load_ipython_extension(ipython: Any) -> None:
 
 
 def unload_ipython_extension(ipython: Any) -> None:
-    """Called by ``%unload_ext mnistops.notebook``: tracebacks and figures as before."""
+    """Called by ``%unload_ext mnistops.ipython``: tracebacks and figures as before."""
     from matplotlib.figure import Figure
 
     ipython.set_custom_exc((), None)
