@@ -157,21 +157,8 @@ def sweep(
     import optuna
 
     from mnistops import cluster
-    from mnistops.config import build_config
 
-    if n_trials < 1:
-        raise MnistopsError(f"--trials {n_trials}: give at least 1 trial")
-    if trial_cores is not None:
-        have = len(cluster.cpus())
-        if trial_cores < 1 or (scheduler is None and trial_cores > have):
-            raise MnistopsError(
-                f"--trial-cores {trial_cores}: give 1 to {have} (this machine's cores), "
-                "or leave it out to share the cores among the workers"
-            )
-    base = trial_config(cfg, space)
-    for corner in (0, -1):  # the whole config, at both ends of every range, before anything starts
-        values = {name: p.bounds()[corner] for name, p in space.params.items()}
-        build_config({**base, "model": {**base["model"], "params": {**base["model"]["params"], **values}}})
+    base = _checked(cfg, space, n_trials, scheduler, trial_cores)
     if scheduler is None:  # the local workers' imports overlap this process's own start
         cluster.start_fork_server(TRIAL_MODULES)
     uri = store.absolute_uri(store.resolve_uri(cfg.tracking.uri))
@@ -187,6 +174,7 @@ def sweep(
             with store.tracked_run(uri, cfg.tracking.experiment, tags[record.RUN_NAME], tags) as run:
                 parent = run.info.run_id
                 opened.append(parent)
+                where = dask.address if not dask.local else "local"
                 result = SweepResult(
                     parent,
                     uri,
@@ -197,7 +185,7 @@ def sweep(
                     type(study_sampler).__name__,
                     cfg.seed,
                     dask.workers,
-                    dask.address if not dask.local else "local",
+                    where,
                     trial_cores=trial_cores,
                 )
                 _log_parent_inputs(cfg, space, result, n_trials)
@@ -225,6 +213,29 @@ def sweep(
         processes.sweep()  # the temporary folders of workers that were killed (or stopped mid-trial)
     result.seconds = round(time.perf_counter() - t0, 3)
     return result
+
+
+def _checked(
+    cfg: Config, space: Space, n_trials: int, scheduler: str | None, trial_cores: int | None
+) -> dict[str, Any]:
+    """The trials' base config, once every argument and both ends of every range are checked."""
+    from mnistops import cluster
+    from mnistops.config import build_config
+
+    if n_trials < 1:
+        raise MnistopsError(f"--trials {n_trials}: give at least 1 trial")
+    if trial_cores is not None:
+        have = len(cluster.cpus())
+        if trial_cores < 1 or (scheduler is None and trial_cores > have):
+            raise MnistopsError(
+                f"--trial-cores {trial_cores}: give 1 to {have} (this machine's cores), "
+                "or leave it out to share the cores among the workers"
+            )
+    base = trial_config(cfg, space)
+    for corner in (0, -1):  # the whole config, at both ends of every range, before anything starts
+        values = {name: p.bounds()[corner] for name, p in space.params.items()}
+        build_config({**base, "model": {**base["model"], "params": {**base["model"]["params"], **values}}})
+    return base
 
 
 def _run_trials(
