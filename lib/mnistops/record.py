@@ -94,8 +94,11 @@ GIT_CODE_COMMIT, GIT_CODE_DIRTY = "git.code.commit", "git.code.dirty"
 PARENT_RUN_ID = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
 SOURCE_GIT_COMMIT = "mlflow.source.git.commit"
-EXPERIMENT_KIND = "mlflow.experimentKind"  # how MLflow's UI opens an experiment:
-CLASSIFICATION = "classification"  # ... on its model-training view (untagged: as GenAI evaluation runs)
+EXPERIMENT_KIND = "mlflow.experimentKind"  # what kind of project MLflow's UI says an experiment is
+CLASSIFICATION = "classification"  # ... a classification one (a machine-learning kind, not GenAI)
+# MLflow 3.17's UI opens every experiment in one view per browser, GenAI unless told: this query
+# opens its Model training view (runs, models, the registry). The links mnistops prints carry it.
+UI_MODEL_TRAINING = "workflowType=machine_learning"
 
 # --- metrics and artifacts ------------------------------------------------------------------
 HEADLINE = ("accuracy", "f1_macro", "f1_weighted", "log_loss")  # what tables and versions show first

@@ -360,3 +360,72 @@ def test_the_experiment_opens_as_a_model_training_project(seed_run: tuple[Path, 
 
     experiment = MlflowClient(f"sqlite:///{work / 'mlflow.db'}").get_experiment_by_name(result["experiment"])
     assert experiment is not None and experiment.tags["mlflow.experimentKind"] == "classification"
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("seed")
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (.ci/run does)")
+def test_mlflow_ui_opens_the_batch_in_its_model_training_view(seed_store: SeedStore, tmp_path: Path) -> None:
+    """The store a notebook batch filled, served by the real ``mlflow server`` and opened in
+    Chromium at the link mnistops prints: MLflow's Model training view, with the batch's runs."""
+    from playwright.sync_api import sync_playwright
+
+    from integration.services import free_port
+    from mnistops.tracking import store
+
+    uri = f"sqlite:///{seed_store.work / 'mlflow.db'}"
+    hint = store.ui_hint(uri, seed_store.batch["experiment"])
+    assert hint.startswith(
+        f"open the UI: mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000/#/experiments/"
+    )
+    page_path = hint.split("http://127.0.0.1:5000/", 1)[1]
+    assert page_path.endswith("?workflowType=machine_learning")
+    # The top-level runs (the batch's training run is its child, folded under it in the table).
+    names = sorted(
+        {r["tags"]["mlflow.runName"] for r in seed_store.batch_runs if "mlflow.parentRunId" not in r["tags"]}
+    )
+    assert names
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "TMPDIR": str(tmp_path)}
+    server = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_for(base + "/health", server)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"]
+            )
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            requests: list[str] = []
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(f"{base}/{page_path}")
+            for name in names:  # the runs table, every run of the batch on it
+                page.wait_for_selector(f"text={name}", timeout=60_000)
+            shown = page.inner_text("body")
+            browser.close()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    assert "Model registry" in shown and "matching run" in shown  # Model training: runs and models
+    assert "Token Usage" not in shown and "Tool calls" not in shown  # not the GenAI overview
+    assert all(url.startswith(base) for url in requests), [u for u in requests if not u.startswith(base)][:5]
+
+
+def _wait_for(url: str, server: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"mlflow server exited with {server.returncode}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer within {timeout:g} s")

@@ -313,7 +313,9 @@ def _summary(result: BatchResult) -> None:
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in result.training_metrics.items())
         out.print(f"training run {result.training_run_id}{cached}: {metrics}", highlight=False)
     out.print(f"outputs     {_relative(result.out_dir)}", highlight=False)
-    out.print(f"open the UI: mlflow ui --backend-store-uri {result.tracking_uri}", highlight=False)
+    from mnistops.tracking import store
+
+    out.print(store.ui_hint(result.tracking_uri, result.experiment), highlight=False, soft_wrap=True)
 
 
 def _relative(path: str) -> str:
@@ -361,4 +363,6 @@ def _grid_summary(result: Any) -> None:
     for row in result.points:
         if row["error"]:
             out.print(f"[red]point {row['point']}[/]: {escape(row['error'])}", highlight=False, soft_wrap=True)
-    out.print(f"open the UI: mlflow ui --backend-store-uri {result.tracking_uri}", highlight=False)
+    from mnistops.tracking import store
+
+    out.print(store.ui_hint(result.tracking_uri, run_id=result.run_id), highlight=False, soft_wrap=True)

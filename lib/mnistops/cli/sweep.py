@@ -121,4 +121,6 @@ def _print_sweep(result: Any) -> None:
         p = result.promotion
         colour = "green" if p["promoted"] else "yellow"
         out.print(f"[{colour}]{p['verdict']}[/]: {escape(p['reason'])}", highlight=False)
-    out.print(f"open the UI: mlflow ui --backend-store-uri {result.tracking_uri}", highlight=False)
+    from mnistops.tracking import store
+
+    out.print(store.ui_hint(result.tracking_uri, result.experiment), highlight=False, soft_wrap=True)

@@ -46,7 +46,9 @@ def _print_summary(result: Any, title: str) -> None:
         out.print(f"registered  version {result.model_version}")
     out.print(f"data        {result.data_fingerprint[:16]}…  split {result.split_fingerprint[:16]}…")
     out.print(f"config      {result.config_hash[:16]}…")
-    out.print(f"open the UI: mlflow ui --backend-store-uri {result.tracking_uri}", highlight=False)
+    from mnistops.tracking import store
+
+    out.print(store.ui_hint(result.tracking_uri, result.experiment), highlight=False, soft_wrap=True)
 
 
 @app.command("train")

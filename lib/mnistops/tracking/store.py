@@ -310,6 +310,22 @@ def log_dataset(dataset: Any, context: str, tags: dict[str, str], attempts: int 
             log.info("dataset %s was inserted by another run at the same time; linking to it", dataset.name)
 
 
+def ui_hint(uri: str, experiment: str | None = None, run_id: str | None = None) -> str:
+    """How to open an experiment (by name, or the one of ``run_id``) of the store at ``uri`` in
+    MLflow's UI, in its Model training view: the page on a tracking server, or the ``mlflow ui``
+    command and then the page."""
+    c = client(uri)
+    if run_id is not None:
+        experiment_id: str | None = c.get_run(run_id).info.experiment_id
+    else:
+        found = c.get_experiment_by_name(experiment) if experiment else None
+        experiment_id = found.experiment_id if found is not None else None
+    page = f"#/experiments/{experiment_id}" if experiment_id else "#/experiments"
+    if urlparse(uri).scheme in ("http", "https"):
+        return f"open the UI: {uri.rstrip('/')}/{page}?{record.UI_MODEL_TRAINING}"
+    return f"open the UI: mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000/{page}?{record.UI_MODEL_TRAINING}"
+
+
 def client(uri: str) -> Any:
     """An ``MlflowClient`` for ``uri``."""
     _quiet_mlflow()
