@@ -101,3 +101,49 @@ def test_rows_answered_while_the_disk_is_full_are_all_written_once_it_is_freed(t
         finally:
             log.close()
         assert rows(path) == 100 and log.dropped == 0 and log.errors >= 1
+
+
+def test_feedback_labels_logged_predictions_once_and_all_or_none(tmp_path: Path) -> None:
+    from mnistops.tracking import predlog
+
+    path = tmp_path / "log.db"
+    log = PredictionLog(path, flush_s=0.01)
+    proba = np.eye(10)[[3, 5, 7]] * 0.9 + 0.01  # predicted 3, 5, 7
+    ids = log.add("m", "1", np.zeros((3, 28, 28), np.uint8), proba, "/predict")
+    assert len(set(ids)) == 3 and all(len(i) == 32 for i in ids)
+    assert log.flush(10) and rows(path) == 3
+    assert predlog.live_accuracy(path) == (None, 0)
+
+    assert predlog.add_feedback(path, [(ids[0], 3, False), (ids[1], 4, False)]) == [(3, 3), (5, 4)]
+    assert predlog.live_accuracy(path) == (0.5, 2)
+    # Unknown ids and labels already given refuse the whole request: the third id stays unlabeled.
+    with pytest.raises(predlog.UnknownPredictionError) as unknown:
+        predlog.add_feedback(path, [(ids[2], 7, False), ("f" * 32, 1, False)])
+    assert unknown.value.ids == ["f" * 32]
+    with pytest.raises(predlog.AlreadyLabeledError) as taken:
+        predlog.add_feedback(path, [(ids[2], 7, False), (ids[0], 8, False)])
+    assert taken.value.ids == [ids[0]]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert dict(db.execute("SELECT pid, label FROM feedback").fetchall()) == {ids[0]: 3, ids[1]: 4}
+    # The first label wins unless the sender replaces it.
+    assert predlog.add_feedback(path, [(ids[1], 5, True), (ids[2], 7, False)]) == [(5, 5), (7, 7)]
+    assert predlog.live_accuracy(path) == (1.0, 3)
+    log.close()
+
+
+def test_a_log_from_before_prediction_ids_gains_the_column_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "CREATE TABLE predictions (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, model TEXT NOT NULL,"
+            " version TEXT NOT NULL, image BLOB NOT NULL, label INTEGER NOT NULL, confidence REAL NOT NULL,"
+            " endpoint TEXT NOT NULL)"
+        )
+        db.execute("INSERT INTO predictions VALUES (1, ?, 'm', '1', ?, 2, 0.9, '/predict')", (time.time(), bytes(784)))
+    log = PredictionLog(path, flush_s=0.01)
+    add(log, 2)
+    assert log.flush(10)
+    log.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        pids = [r[0] for r in db.execute("SELECT pid FROM predictions ORDER BY id")]
+    assert len(pids) == 3 and pids[0] is None and all(len(p) == 32 for p in pids[1:])

@@ -3,6 +3,7 @@ in this module into a fresh SQLite store, called over HTTP, stopped with SIGTERM
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -668,3 +669,62 @@ def test_the_prediction_log_keeps_every_answer_through_a_lock_and_a_full_disk(
     assert answered == (120 if mounted else 80) and logged == answered
     assert metric(text, "mnistops_prediction_log_dropped_total") == 0
     assert metric(text, "mnistops_prediction_log_errors_total") >= 3
+
+
+def _feedback_rows(trained: Store) -> dict[str, int]:
+    with contextlib.closing(sqlite3.connect(trained.work / "served.db")) as db:
+        return dict(db.execute("SELECT pid, label FROM feedback").fetchall())
+
+
+@pytest.mark.xdist_group("serve")
+def test_feedback_labels_answers_counts_them_and_refuses_bad_labels_storing_nothing(
+    server: launch.Server, trained: Store, mnist: Dataset
+) -> None:
+    images, truth = mnist.images[-40:], mnist.labels[-40:]
+    before = server.get("/metrics")
+    answer = server.predict(images)
+    ids = [p["prediction_id"] for p in answer["predictions"]]
+    assert len(set(ids)) == 40 and all(isinstance(i, str) and len(i) == 32 for i in ids)
+    predicted = np.array([p["label"] for p in answer["predictions"]])
+    labeled_before = _feedback_rows(trained)
+
+    # Bad input: 4xx with a detail, and not one label stored.
+    bad = [
+        ({"prediction_id": "0" * 32, "label": 3}, 404, "no prediction"),
+        ({"prediction_id": ids[0], "label": 10}, 422, "from 0 to 9"),
+        ({"prediction_id": ids[0], "label": "7"}, 422, "from 0 to 9"),
+        ({"prediction_id": ids[0], "label": True}, 422, "from 0 to 9"),
+        ({"prediction_id": ids[0], "label": 1, "labels": 2}, 422, "unknown field"),
+        ([{"prediction_id": ids[0], "label": 1}, {"prediction_id": ids[0], "label": 2}], 422, "twice"),
+        ([{"prediction_id": ids[0], "label": 1}] * 257, 413, "serve.max_batch"),
+        ([], 422, "empty"),
+    ]
+    for body, status, words in bad:
+        refused = server.post("/feedback", json.dumps(body).encode())
+        assert refused["status"] == status and words in refused["detail"], (body if len(body) < 5 else "list", refused)
+    assert server.post("/feedback", b"{not json")["status"] == 400
+    assert _feedback_rows(trained) == labeled_before
+
+    # The true labels, as a list; then one of them again: refused (409) until it says replace.
+    stored = server.post(
+        "/feedback",
+        json.dumps([{"prediction_id": i, "label": int(t)} for i, t in zip(ids, truth, strict=True)]).encode(),
+    )
+    right = int((predicted == truth).sum())
+    assert stored["stored"] == 40 and stored["correct"] == right
+    again = server.post("/feedback", json.dumps({"prediction_id": ids[0], "label": int(truth[0])}).encode())
+    assert again["status"] == 409 and '"replace": true' in again["detail"]
+    wrong = (int(truth[0]) + 1) % 10
+    replaced = server.post("/feedback", json.dumps({"prediction_id": ids[0], "label": wrong, "replace": True}).encode())
+    assert replaced["stored"] == 1
+    rows = _feedback_rows(trained)
+    assert {i: rows[i] for i in ids} == {i: (wrong if i == ids[0] else int(t)) for i, t in zip(ids, truth, strict=True)}
+    # Counted, and the live accuracy is the share right among the labeled (all labeled here so far).
+    after = server.get("/metrics")
+    assert metric(after, "mnistops_feedback_total") - metric(before, "mnistops_feedback_total") == 41
+    labeled = {i: rows[i] for i in rows}
+    with contextlib.closing(sqlite3.connect(trained.work / "served.db")) as db:
+        said = dict(db.execute("SELECT pid, label FROM predictions WHERE pid IS NOT NULL").fetchall())
+    expected = np.mean([said[i] == label for i, label in labeled.items()])
+    assert metric(after, "mnistops_live_accuracy") == pytest.approx(expected)
+    assert replaced["live_accuracy"] == pytest.approx(expected) and replaced["labeled"] == len(labeled)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -38,8 +39,13 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> Iterator[launch.Server]:
-    work = tmp_path_factory.mktemp("page")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The server's folder: its store, and its prediction log ``page.db``."""
+    return tmp_path_factory.mktemp("page")
+
+
+@pytest.fixture(scope="module")
+def server(work: Path, session_cache: Path) -> Iterator[launch.Server]:
     env = {
         "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
         "MNISTOPS_CACHE_DIR": str(session_cache),
@@ -61,7 +67,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> Ite
         train, cwd=work, env={**os.environ, **env}, capture_output=True, text=True, timeout=600, check=False
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    s = launch.start(["--set", "serve.prediction_log=null"], env=env, cwd=work)
+    s = launch.start(["--set", "serve.prediction_log=page.db"], env=env, cwd=work)
     launch.wait_ready(s)
     yield s
     s.stop()
@@ -187,3 +193,56 @@ def test_a_finger_draws_a_one_and_clear_starts_again(server: launch.Server, brow
         assert blank
     finally:
         context.close()
+
+
+def draw(page: Any, image: np.ndarray) -> dict[str, Any]:
+    """Draw ``image`` on the pad stroke by stroke; the server's answer to the drawing."""
+    box = page.locator("#pad").bounding_box()
+    lines = strokes(image)
+    for i, ((x0, y0), (x1, y1)) in enumerate(lines):
+        page.mouse.move(box["x"] + x0, box["y"] + y0)
+        page.mouse.down()
+        page.mouse.move(box["x"] + x1, box["y"] + y1, steps=3)
+        if i < len(lines) - 1:
+            page.mouse.up()
+            continue
+        with page.expect_response(lambda r: r.url.endswith("/predict/image")) as last:
+            page.mouse.up()
+    page.wait_for_function("document.getElementById('digit').textContent !== '?'")
+    return json.loads(last.value.body())  # type: ignore[no-any-return]
+
+
+def test_a_label_button_sends_the_true_label_back(
+    server: launch.Server, browser: Any, mnist: Dataset, work: Path, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    image = mnist.images[int(np.flatnonzero(mnist.labels == 3)[-1])]  # a real test-set 3
+    page = browser.new_page(viewport={"width": 900, "height": 800})
+    try:
+        page.goto(server.url + "/")
+        assert not page.is_visible("#feedback")  # nothing to label before an answer
+        answer = draw(page, image)["predictions"][0]
+        assert page.is_visible("#feedback")
+        assert page.eval_on_selector_all("#labels button", "bs => bs.map(b => b.textContent)") == list("0123456789")
+        with page.expect_response(lambda r: r.url.endswith("/feedback")) as sent:
+            page.click('#labels button[data-label="3"]')
+        assert sent.value.status == 200
+        page.wait_for_function("document.getElementById('thanks').textContent.includes('recorded as a 3')")
+        assert page.eval_on_selector_all("#labels button.given", "bs => bs.map(b => b.dataset.label)") == ["3"]
+        with contextlib.closing(sqlite3.connect(work / "page.db")) as db:
+            first = db.execute("SELECT label FROM feedback WHERE pid = ?", (answer["prediction_id"],)).fetchall()
+        # A second press changes the label (the page says replace); the row is replaced, not added.
+        with page.expect_response(lambda r: r.url.endswith("/feedback")) as resent:
+            page.click('#labels button[data-label="8"]')
+        assert resent.value.status == 200
+        page.wait_for_function("document.getElementById('thanks').textContent.includes('recorded as an 8')")
+        page.screenshot(path=str(tmp_path / "labeled.png"))
+        page.click("#clear")
+        assert not page.is_visible("#feedback")
+    finally:
+        page.close()
+    with contextlib.closing(sqlite3.connect(work / "page.db")) as db:
+        rows = db.execute("SELECT pid, label FROM feedback").fetchall()
+    assert first == [(3,)]
+    assert rows == [(answer["prediction_id"], 8)]

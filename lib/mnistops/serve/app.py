@@ -5,6 +5,7 @@ module loads no model), routes thin.
 ``GET /``              a page to draw a digit on (plain HTML and JavaScript, no network)
 ``POST /predict``      ``{"images": [...]}``: 28x28 integers 0..255 or 784 floats in [0, 1] each
 ``POST /predict/image`` a PNG or JPEG (the body, or a multipart upload), made MNIST-like
+``POST /feedback``     ``{"prediction_id": ..., "label": 0-9}`` (or a list): the true label of an answer
 ``GET /health``        alive; ``GET /ready``: 200 once a model is loaded, else 503
 ``GET /model``         name, version, run id, data fingerprint, training metrics
 ``GET /metrics``       Prometheus
@@ -43,12 +44,12 @@ def create_app(cfg: ServeConfig, tracking_uri: str, registered_model: str = "mni
     """The FastAPI app serving ``cfg``'s model from the store at ``tracking_uri``: its state
     (:class:`~mnistops.serve.state.ServeState`), its lifespan, and the routers."""
     from mnistops.lifecycle import versions
-    from mnistops.serve.routes import admin, info, predict
+    from mnistops.serve.routes import admin, feedback, info, predict
 
     state = ServeState(cfg, tracking_uri, versions.model_uri(cfg, registered_model))
     app = FastAPI(title="mnistops", version=_version(), lifespan=_lifespan(state), docs_url="/docs", redoc_url=None)
     app.state.serve = state
-    for module in (predict, info, admin):
+    for module in (predict, feedback, info, admin):
         app.include_router(module.router)
 
     @app.middleware("http")
@@ -82,6 +83,8 @@ def _lifespan(state: ServeState) -> Any:
         except Exception as exc:
             log.warning("no model yet (%s): /ready answers 503 until one loads", exc)
         state.predlog = _prediction_log(state) if cfg.prediction_log else None
+        if state.predlog is not None:  # the live accuracy from the labels already in the log
+            state.metrics.live_from(state.predlog.path)
         # Decoding, preprocessing and model calls run here, never on the event loop: /health and
         # the other requests are answered while a large upload is decoded.
         state.pool = ThreadPoolExecutor(cfg.threads, thread_name_prefix="mnistops-serve")

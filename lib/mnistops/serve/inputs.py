@@ -196,3 +196,46 @@ def _shifted(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
     src = image[max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)]
     out[max(0, dy) : max(0, dy) + src.shape[0], max(0, dx) : max(0, dx) + src.shape[1]] = src
     return out
+
+
+FEEDBACK_KEYS = {"prediction_id", "label", "replace"}
+
+
+def feedback_from_json(body: bytes, max_items: int) -> list[tuple[str, int, bool]]:
+    """``(prediction id, label, replace)`` per item of ``{"prediction_id": ..., "label": 0-9}``, or a
+    list of such objects (``"replace": true`` to change a label already given)."""
+    depth = json_depth(body)
+    if depth > MAX_JSON_DEPTH:
+        raise BadInput(422, f"the JSON nests {depth:,} levels deep; at most {MAX_JSON_DEPTH}")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadInput(400, f'the body is not JSON ({exc}): send {{"prediction_id": "...", "label": 7}}') from None
+    items = data if isinstance(data, list) else [data]
+    if not items:
+        raise BadInput(422, "the list is empty: send at least one {prediction_id, label} object")
+    if len(items) > max_items:
+        raise BadInput(413, f"{len(items):,} labels in one request; at most {max_items:,} (serve.max_batch)")
+    out = [_feedback_item(i, item) for i, item in enumerate(items)]
+    ids = [pid for pid, _, _ in out]
+    if len(set(ids)) < len(ids):
+        twice = sorted({pid for pid in ids if ids.count(pid) > 1})
+        raise BadInput(422, f"prediction {twice[0]} is labeled twice in one request: send each once")
+    return out
+
+
+def _feedback_item(i: int, item: Any) -> tuple[str, int, bool]:
+    where = f"item {i}: " if i else ""
+    if not isinstance(item, dict):
+        raise BadInput(422, f'{where}expected an object {{"prediction_id": "...", "label": 0-9}}')
+    unknown = sorted(set(item) - FEEDBACK_KEYS)
+    if unknown:
+        raise BadInput(422, f"{where}unknown field {unknown[0]!r}: give prediction_id, label and optionally replace")
+    pid, label, replace = item.get("prediction_id"), item.get("label"), item.get("replace", False)
+    if not isinstance(pid, str) or not 0 < len(pid) <= 64:
+        raise BadInput(422, f"{where}prediction_id must be the id string /predict answered with")
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 9:
+        raise BadInput(422, f"{where}label must be an integer from 0 to 9, not {json.dumps(label)}")
+    if not isinstance(replace, bool):
+        raise BadInput(422, f"{where}replace must be true or false")
+    return pid, label, replace

@@ -12,6 +12,9 @@ tests, do not share counters). With several worker processes (``--workers N``), 
 * ``mnistops_prediction_log_errors_total``: failed writes of the prediction log (each is tried again)
 * ``mnistops_prediction_log_dropped_total``: answered predictions the log could not keep (its
   queue was full, or the database stayed unwritable at shutdown)
+* ``mnistops_feedback_total``: true labels received (``POST /feedback``)
+* ``mnistops_live_accuracy``: the share of the newest labeled predictions (up to 1,000) that were
+  right, read from the log (every worker reads the same)
 """
 
 from __future__ import annotations
@@ -76,6 +79,14 @@ class Metrics:
             "mnistops_prediction_log_dropped", "Answered predictions the prediction log did not keep.", registry=r
         )
 
+        self.feedback = Counter("mnistops_feedback", "True labels received for answered predictions.", registry=r)
+        self.live_accuracy = Gauge(
+            "mnistops_live_accuracy",
+            "Accuracy on the newest labeled predictions (up to 1,000).",
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+
     def model_loaded(self, new: Any, old: Any | None) -> None:
         """Point the model gauge at ``new`` (a LoadedModel), away from ``old``."""
         if old is not None:
@@ -83,6 +94,14 @@ class Metrics:
             self.model.remove(old.name, old.version, old.run_id)
         self.model.labels(new.name, new.version, new.run_id).set(1)
         self.loads.inc()
+
+    def live_from(self, log: Any) -> None:
+        """Set the live accuracy from the labels already in the prediction log at ``log``."""
+        from mnistops.tracking import predlog
+
+        accuracy, _ = predlog.live_accuracy(log)
+        if accuracy is not None:
+            self.live_accuracy.set(accuracy)
 
     def render(self) -> bytes:
         """The exposition text (every worker's, summed, when there are several)."""

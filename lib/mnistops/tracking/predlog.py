@@ -1,9 +1,15 @@
 """The prediction log: every prediction, for monitoring (``mnistops monitor`` reads it).
 
 One SQLite table, ``predictions``: time, model name and version, the 28x28 input as 784 bytes,
-the predicted class, its probability, and the endpoint. Requests only put rows on a queue; a
-writer thread inserts them in batches, so a request never waits on the disk. Retention keeps at
-most ``max_rows`` rows and none older than ``max_age_s`` seconds.
+the predicted class, its probability, the endpoint, and the prediction's id (``pid``, which the
+server answers with). Requests only put rows on a queue; a writer thread inserts them in batches,
+so a request never waits on the disk. Retention keeps at most ``max_rows`` rows and none older than
+``max_age_s`` seconds.
+
+Beside it, ``feedback``: the true label of a prediction, sent back by whoever knows it
+(``POST /feedback``); the first label wins unless it is replaced on purpose
+(:func:`add_feedback`). :func:`live_accuracy` is the share of the newest labeled predictions the
+model got right.
 
 The log outlives its faults. A write that fails (another process holds the database's write lock,
 the disk is full) is tried again, with a growing pause, until it succeeds: the rows wait in memory
@@ -22,6 +28,7 @@ import queue
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,11 +46,22 @@ CREATE TABLE IF NOT EXISTS predictions (
     image BLOB NOT NULL,
     label INTEGER NOT NULL,
     confidence REAL NOT NULL,
-    endpoint TEXT NOT NULL
+    endpoint TEXT NOT NULL,
+    pid TEXT
 );
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
+CREATE TABLE IF NOT EXISTS feedback (
+    pid TEXT PRIMARY KEY,
+    label INTEGER NOT NULL CHECK (label BETWEEN 0 AND 9),
+    ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_ts ON feedback (ts);
 """
-INSERT = "INSERT INTO predictions (ts, model, version, image, label, confidence, endpoint) VALUES (?, ?, ?, ?, ?, ?, ?)"
+PID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS predictions_pid ON predictions (pid)"
+INSERT = (
+    "INSERT INTO predictions (ts, model, version, image, label, confidence, endpoint, pid) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 BATCH_ROWS = 2000  # rows written in one transaction at most
 RETRY_FIRST_S, RETRY_MAX_S = 0.05, 2.0  # the pause after a failed write doubles up to this
 CLOSE_TIMEOUT_S = 10.0  # how long shutdown waits for a failing database before giving up
@@ -84,22 +102,40 @@ class PredictionLog:
         self._dropping = 0  # rows dropped in the current episode (0: not dropping)
         self._holding = 0  # rows the writer has taken from the queue and not yet written
         self._stop = threading.Event()
-        with sqlite3.connect(path) as db:
+        self.queued = 0  # rows given to add(), logged or dropped
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
             db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(predictions)")}
+            if "pid" not in columns:  # a log from before predictions had ids
+                db.execute("ALTER TABLE predictions ADD COLUMN pid TEXT")
+            db.execute(PID_INDEX)
             db.execute("PRAGMA journal_mode=WAL")
         self.thread = threading.Thread(target=self._write, name="mnistops-predlog", daemon=True)
         self.thread.start()
 
-    def add(self, model: str, version: str, images: np.ndarray, proba: np.ndarray, endpoint: str) -> None:
-        """Queue one row per image (``uint8 (n, 28, 28)``, probabilities ``(n, 10)``); never blocks."""
+    def add(self, model: str, version: str, images: np.ndarray, proba: np.ndarray, endpoint: str) -> list[str]:
+        """Queue one row per image (``uint8 (n, 28, 28)``, probabilities ``(n, 10)``); never blocks.
+        Returns each prediction's id (what ``POST /feedback`` names it by)."""
         now = time.time()
         labels = proba.argmax(axis=1)
-        for image, label, p in zip(images, labels, proba, strict=True):
-            row = (now, model, version, image.astype(np.uint8).tobytes(), int(label), float(p[label]), endpoint)
+        ids = [uuid.uuid4().hex for _ in range(len(images))]
+        self.queued += len(ids)
+        for image, label, p, pid in zip(images, labels, proba, ids, strict=True):
+            row = (now, model, version, image.astype(np.uint8).tobytes(), int(label), float(p[label]), endpoint, pid)
             try:
                 self.queue.put_nowait(row)
             except queue.Full:
                 self._drop(1, "its queue is full")
+        return ids
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every row queued so far is written (or dropped); False if ``timeout`` passed."""
+        target, deadline = self.queued, time.monotonic() + timeout
+        while self.written + self.dropped < target:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                return False
+            time.sleep(0.005)
+        return True
 
     def health(self) -> str | None:
         """What is wrong with the log now, in one line, or None when rows are being written."""
@@ -245,3 +281,65 @@ def read(
         "label": np.array([r[3] for r in rows], dtype=np.int64),
         "confidence": np.array([r[4] for r in rows]),
     }
+
+
+class UnknownPredictionError(LookupError):
+    """Feedback names predictions that are not in the log (never made, or past retention)."""
+
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(", ".join(ids))
+        self.ids = ids
+
+
+class AlreadyLabeledError(LookupError):
+    """Feedback for predictions that already have a label, without ``replace``."""
+
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(", ".join(ids))
+        self.ids = ids
+
+
+def add_feedback(path: Path, items: list[tuple[str, int, bool]]) -> list[tuple[int, int]]:
+    """Store each ``(prediction id, true label, replace)``, all or none; return each prediction's
+    ``(predicted, true)`` labels.
+
+    Raises:
+        UnknownPredictionError: an id is not in the log.
+        AlreadyLabeledError: an id has a label already and its item does not say ``replace``.
+    """
+    ids = [pid for pid, _, _ in items]
+    marks = ",".join("?" * len(ids))
+    now = time.time()
+    with contextlib.closing(sqlite3.connect(path, timeout=10.0, isolation_level=None)) as db:
+        db.execute("BEGIN IMMEDIATE")  # the check and the insert as one: two clients cannot both be first
+        try:
+            predicted = dict(db.execute(f"SELECT pid, label FROM predictions WHERE pid IN ({marks})", ids).fetchall())
+            unknown = [pid for pid in ids if pid not in predicted]
+            if unknown:
+                raise UnknownPredictionError(unknown)
+            labeled = {row[0] for row in db.execute(f"SELECT pid FROM feedback WHERE pid IN ({marks})", ids)}
+            taken = [pid for pid, _, replace in items if pid in labeled and not replace]
+            if taken:
+                raise AlreadyLabeledError(taken)
+            db.executemany(
+                "INSERT OR REPLACE INTO feedback (pid, label, ts) VALUES (?, ?, ?)",
+                [(pid, label, now) for pid, label, _ in items],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    return [(int(predicted[pid]), label) for pid, label, _ in items]
+
+
+def live_accuracy(path: Path, window: int = 1000) -> tuple[float | None, int]:
+    """The share of the ``window`` most recently labeled predictions that the model got right,
+    and how many that is (``None, 0`` before any label)."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)) as db:
+        rows = db.execute(
+            "SELECT p.label = f.label FROM feedback f JOIN predictions p ON p.pid = f.pid ORDER BY f.ts DESC LIMIT ?",
+            (window,),
+        ).fetchall()
+    if not rows:
+        return None, 0
+    return sum(r[0] for r in rows) / len(rows), len(rows)

@@ -42,13 +42,18 @@ async def answer(s: ServeState, images: np.ndarray, endpoint: str, extra: dict[s
     for label, p in zip(labels, proba, strict=True):
         s.metrics.predictions.labels(str(int(label))).inc()
         s.metrics.confidence.observe(float(p[label]))
-    if s.predlog is not None:
-        s.predlog.add(served.name, served.version, images, proba, endpoint)
+    # Each logged prediction's id, for POST /feedback; null where the server keeps no log.
+    ids = s.predlog.add(served.name, served.version, images, proba, endpoint) if s.predlog else [None] * len(labels)
     return {
         "model": {"name": served.name, "version": served.version, "run_id": served.run_id},
         "predictions": [
-            {"label": int(label), "confidence": round(float(p[label]), 6), "probabilities": _rounded(p)}
-            for label, p in zip(labels, proba, strict=True)
+            {
+                "label": int(label),
+                "confidence": round(float(p[label]), 6),
+                "probabilities": _rounded(p),
+                "prediction_id": pid,
+            }
+            for label, p, pid in zip(labels, proba, ids, strict=True)
         ],
         **(extra or {}),
     }

@@ -1,0 +1,46 @@
+"""``POST /feedback``: the true label of an answered prediction, stored beside the prediction log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from mnistops.serve.bodies import read_body
+from mnistops.serve.inputs import BadInput, feedback_from_json
+from mnistops.serve.state import State
+from mnistops.tracking import predlog
+
+router = APIRouter()
+
+LIVE_WINDOW = 1000  # mnistops_live_accuracy: over this many of the newest labeled predictions
+NO_LOG = "this server keeps no prediction log (serve.prediction_log is null): there is nothing to label"
+
+
+@router.post("/feedback")
+async def feedback(request: Request, s: State) -> Any:
+    """Store ``{"prediction_id": ..., "label": 0-9}`` (or a list); all or none. 404 for an id
+    the log does not hold, 409 for one already labeled (``"replace": true`` changes it)."""
+    if s.predlog is None or s.cfg.prediction_log is None:
+        raise BadInput(409, NO_LOG)
+    body = await read_body(request, s.cfg.max_body_bytes)
+    items = await s.off_loop(feedback_from_json, body, s.cfg.max_batch)
+    path = Path(s.cfg.prediction_log)
+    await s.off_loop(s.predlog.flush)  # a prediction answered a moment ago is in the log
+    try:
+        pairs = await s.off_loop(predlog.add_feedback, path, items)
+    except predlog.UnknownPredictionError as exc:
+        raise BadInput(404, f"no prediction {exc.ids[0]} in the log: send an id /predict answered with") from None
+    except predlog.AlreadyLabeledError as exc:
+        raise BadInput(409, f'prediction {exc.ids[0]} is labeled already: send "replace": true to change it') from None
+    s.metrics.feedback.inc(len(pairs))
+    accuracy, labeled = await s.off_loop(predlog.live_accuracy, path, LIVE_WINDOW)
+    if accuracy is not None:
+        s.metrics.live_accuracy.set(accuracy)
+    return {
+        "stored": len(pairs),
+        "correct": sum(predicted == given for predicted, given in pairs),
+        "live_accuracy": accuracy,
+        "labeled": labeled,
+    }
