@@ -220,3 +220,17 @@ def fill(folder: Path) -> Path:
                 while True:
                     f.write(b"\0" * block)
     return filler
+
+
+def metric(text: str, series_name: str, **labels: str) -> float:
+    """The sum of one Prometheus series over the samples whose labels include ``labels``."""
+    want = {f'{k}="{v}"' for k, v in labels.items()}
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        key, value = line.rsplit(" ", 1)
+        series, _, rest = key.partition("{")
+        if series == series_name and want <= set(rest.rstrip("}").split(",")):
+            total += float(value)
+    return total

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from mnistops.serve import launch
-from support import CLOSED_MIRROR, one_line_error
+from support import CLOSED_MIRROR, metric, one_line_error
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -57,10 +57,21 @@ def wait_for_gauge(server: launch.Server, value: float, timeout: float = 30) -> 
     return gauge(server)
 
 
-def send(server: launch.Server, images: np.ndarray) -> None:
+def send(server: launch.Server, images: np.ndarray) -> list[dict[str, Any]]:
+    answered = []
     for i in range(0, len(images), 100):
         answer = server.predict(images[i : i + 100])
         assert len(answer["predictions"]) == len(images[i : i + 100]), answer
+        answered += answer["predictions"]
+    return answered
+
+
+def label(server: launch.Server, answered: list[dict[str, Any]], truth: np.ndarray) -> None:
+    """Send the true labels of ``answered`` back, 250 to a request."""
+    items = [{"prediction_id": p["prediction_id"], "label": int(t)} for p, t in zip(answered, truth, strict=True)]
+    for i in range(0, len(items), 250):
+        stored = server.post("/feedback", json.dumps(items[i : i + 250]).encode())
+        assert stored["stored"] == len(items[i : i + 250]), stored
 
 
 def test_clean_then_rotated_traffic_is_ok_then_drift(tmp_path: Path, session_cache: Path) -> None:
@@ -69,20 +80,21 @@ def test_clean_then_rotated_traffic_is_ok_then_drift(tmp_path: Path, session_cac
         "train", "--promote", "--json", "--set", "model.params.n_estimators=30", "--set", "model.params.max_depth=16"
     )
     assert trained.returncode == 0, trained.stderr[-3000:]
+    held_out = json.loads(trained.stdout)["metrics"]["accuracy"]
     for kind, seed in (("none", 0), ("rotate", 1)):
         made = work.cli(
             "monitor", "simulate", "--shift", kind, "--n", "500", "--seed", str(seed), "--out", f"{kind}.npz"
         )
         assert made.returncode == 0, made.stderr
-    clean = np.load(tmp_path / "none.npz")["images"]
-    rotated = np.load(tmp_path / "rotate.npz")["images"]
+    clean, clean_truth = np.load(tmp_path / "none.npz")["images"], np.load(tmp_path / "none.npz")["labels"]
+    rotated, rotated_truth = np.load(tmp_path / "rotate.npz")["images"], np.load(tmp_path / "rotate.npz")["labels"]
 
     server = launch.start(["--set", "serve.poll_seconds=0.5"], env=work.env, cwd=tmp_path)
     try:
         launch.wait_ready(server)
         assert gauge(server) == -1  # no monitoring run yet
         started = time.time()
-        send(server, clean)
+        clean_answers = send(server, clean)
         time.sleep(1.0)  # the writer thread flushes every 0.2 s
         window = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started - 0.5))
         ok = work.cli("monitor", "--since", window, "--report", "clean.html", "--json")
@@ -93,7 +105,8 @@ def test_clean_then_rotated_traffic_is_ok_then_drift(tmp_path: Path, session_cac
 
         time.sleep(2.0)  # the next window starts a second after this one ends (whole seconds)
         started = time.time()
-        send(server, rotated)
+        rotated_answers = send(server, rotated)
+        label(server, rotated_answers, rotated_truth)  # the rotated ones come back labeled
         time.sleep(1.0)
         window = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started - 0.5))
         drift = work.cli("monitor", "--since", window, "--report", "rotated.html", "--json")
@@ -102,8 +115,21 @@ def test_clean_then_rotated_traffic_is_ok_then_drift(tmp_path: Path, session_cac
         assert result["verdict"] == "drift" and result["n"] == 500  # only the rotated window
         assert {c["name"]: c["verdict"] for c in result["checks"]}["input"] == "drift"
         assert wait_for_gauge(server, 2) == 2
+        live = metric(server.get("/metrics"), "mnistops_live_accuracy")
     finally:
         assert server.stop() == 0
+
+    # Accuracy: unlabeled clean traffic is estimated from confidence, close to what it really was;
+    # the labeled rotated traffic is measured, and both it and its estimate fall well below held-out.
+    clean_right = float(np.mean([p["label"] for p in clean_answers] == clean_truth))
+    assert ok_result["accuracy"]["labeled"] is None
+    assert abs(ok_result["accuracy"]["estimated"]["accuracy"] - clean_right) <= 0.05
+    rotated_right = float(np.mean([p["label"] for p in rotated_answers] == rotated_truth))
+    measured, estimated = result["accuracy"]["labeled"], result["accuracy"]["estimated"]
+    assert measured["n"] == 500 and measured["accuracy"] == pytest.approx(rotated_right, abs=1e-4)
+    assert measured["low"] < rotated_right < measured["high"] and live == pytest.approx(rotated_right)
+    assert measured["accuracy"] < held_out - 0.1 and estimated["accuracy"] < held_out - 0.05
+    assert "measured on labeled inputs" in (tmp_path / "rotated.html").read_text()
 
     runs = read_monitoring_runs(work)
     assert [r["verdict"] for r in runs] == [ok_result["verdict"], "drift"]

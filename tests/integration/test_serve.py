@@ -21,7 +21,7 @@ import pytest
 
 from mnistops.data.dataset import Dataset
 from mnistops.serve import launch
-from support import CLOSED_MIRROR, one_line_error
+from support import CLOSED_MIRROR, metric, one_line_error
 
 GOOD = ["--set", "model.params.n_estimators=25", "--set", "model.params.max_depth=14"]
 BETTER = ["--set", "model.params.n_estimators=40", "--set", "model.params.max_depth=18"]
@@ -93,20 +93,6 @@ def offline(trained: Store, version: str, images: np.ndarray) -> np.ndarray:
     model = mlflow.pyfunc.load_model(f"models:/mnist-classifier/{version}")
     frame = model.predict(images)
     return np.asarray(frame[[f"prob_{i}" for i in range(10)]].to_numpy())
-
-
-def metric(text: str, series_name: str, **labels: str) -> float:
-    """The sum of one Prometheus series over the samples whose labels include ``labels``."""
-    want = {f'{k}="{v}"' for k, v in labels.items()}
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#") or " " not in line:
-            continue
-        key, value = line.rsplit(" ", 1)
-        series, _, rest = key.partition("{")
-        if series == series_name and want <= set(rest.rstrip("}").split(",")):
-            total += float(value)
-    return total
 
 
 def png(array: np.ndarray, mode: str = "L") -> bytes:

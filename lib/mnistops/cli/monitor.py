@@ -84,6 +84,13 @@ def monitor_cmd(
                 highlight=False,
                 soft_wrap=True,
             )
+        for kind, what in (("labeled", "measured"), ("estimated", "estimated")):
+            a = result["accuracy"][kind]
+            if a is not None:
+                out.print(
+                    f"accuracy {what:<9} {a['accuracy']:.3f} [{a['low']:.3f}, {a['high']:.3f}] over {a['n']:,} inputs",
+                    highlight=False,
+                )
         out.print(
             f"[bold {colour[result['verdict']]}]{result['verdict'].upper()}[/] over {result['n']:,} inputs "
             f"({result['seconds']:.2f} s); recorded as monitoring run {result['monitoring_run']}"

@@ -7,13 +7,16 @@ run (``monitoring/reference.npz``).
   out of distribution (far from anything the model was trained on);
 * the training labels' distribution;
 * on the held-out split: the model's predicted classes and its confidence (probability of the
-  predicted class), which current predictions are compared with.
+  predicted class), which current predictions are compared with;
+* the calibration of that confidence on the held-out split (how often the model is right at each
+  confidence), from which :mod:`mnistops.evaluate.performance` estimates accuracy without labels.
+  A reference made before it existed has none (empty arrays): no estimate then.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,8 @@ class Reference:
     label_share: np.ndarray  # float (10,)
     predicted: np.ndarray  # int (n_held_out,)
     confidence: np.ndarray  # float (n_held_out,)
+    calibration_x: np.ndarray = field(default_factory=lambda: np.empty(0))  # float: confidence breakpoints
+    calibration_y: np.ndarray = field(default_factory=lambda: np.empty(0))  # float: the chance of being right
 
     def project(self, images: np.ndarray) -> np.ndarray:
         """``(n, COMPONENTS)``: images in the reference's PCA coordinates."""
@@ -61,7 +66,7 @@ class Reference:
     @classmethod
     def load(cls, path: Path) -> Reference:
         with np.load(path) as z:
-            return cls(**{k: z[k] for k in cls.__dataclass_fields__})
+            return cls(**{k: z[k] for k in cls.__dataclass_fields__ if k in z.files})
 
 
 def _flat(images: np.ndarray) -> np.ndarray:
@@ -96,10 +101,18 @@ def _reconstruction_error(flat: np.ndarray, mean: np.ndarray, components: np.nda
     return np.sqrt(((centred - back) ** 2).mean(axis=1))
 
 
-def complete(profile: dict[str, np.ndarray], held_out_proba: np.ndarray) -> Reference:
-    """The reference, once the model's held-out probabilities are known."""
+def complete(
+    profile: dict[str, np.ndarray], held_out_proba: np.ndarray, held_out_labels: np.ndarray | None = None
+) -> Reference:
+    """The reference, once the model's held-out probabilities (and labels: the calibration) are known."""
+    from mnistops.evaluate.performance import calibration
+
     proba = np.asarray(held_out_proba)
-    return Reference(**profile, predicted=proba.argmax(axis=1), confidence=proba.max(axis=1))
+    predicted, confidence = proba.argmax(axis=1), proba.max(axis=1)
+    if held_out_labels is None:
+        return Reference(**profile, predicted=predicted, confidence=confidence)
+    x, y = calibration(confidence, predicted == np.asarray(held_out_labels))
+    return Reference(**profile, predicted=predicted, confidence=confidence, calibration_x=x, calibration_y=y)
 
 
 def for_run(tracking_uri: str, run_id: str) -> Reference:

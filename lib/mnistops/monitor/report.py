@@ -103,8 +103,38 @@ def far_inputs(ref: Reference, result: Result, images: np.ndarray, k: int = 20) 
     return _mosaic(images[far], captions, "the farthest inputs, with the class answered")
 
 
-def render(ref: Reference, result: Result, images: np.ndarray, title: str, about: dict[str, Any]) -> str:
-    """The report as one HTML document."""
+ACCURACY_NOTE = (
+    "Measured: on the inputs whose true label came back (POST /feedback, or a batch file's labels). "
+    "Estimated: from the model's confidence, calibrated on the held-out split when it was trained; it holds "
+    "while that calibration does, and overstates accuracy on inputs unlike the training images (see the "
+    "monitoring manual's table)."
+)
+
+
+def accuracy_section(accuracy: dict[str, Any]) -> str:
+    """The accuracy, measured and estimated, each with its 95% interval, as an HTML table."""
+    rows = []
+    for kind, what in (("labeled", "measured on labeled inputs"), ("estimated", "estimated from confidence")):
+        a = accuracy.get(kind)
+        value = "-" if a is None else f"{a['accuracy']:.3f} [{a['low']:.3f}, {a['high']:.3f}]"
+        over = "none labeled" if a is None and kind == "labeled" else ("-" if a is None else f"{a['n']:,} inputs")
+        rows.append(f"<tr><td>{what}</td><td>{value}</td><td>{over}</td></tr>")
+    return (
+        "<h2>Accuracy</h2><table><tr><th>accuracy</th><th>value [95% interval]</th><th>over</th></tr>"
+        + "".join(rows)
+        + f"</table><p>{html.escape(ACCURACY_NOTE)}</p>"
+    )
+
+
+def render(
+    ref: Reference,
+    result: Result,
+    images: np.ndarray,
+    title: str,
+    about: dict[str, Any],
+    accuracy: dict[str, Any] | None = None,
+) -> str:
+    """The report as one HTML document (``accuracy``: what :func:`mnistops.monitor.watch.accuracy_of` says)."""
     images = np.asarray(images, np.uint8).reshape(-1, 28, 28)
     far_fig = far_inputs(ref, result, images)
     rows = "".join(
@@ -124,7 +154,9 @@ def render(ref: Reference, result: Result, images: np.ndarray, title: str, about
         f"<ul>{facts}</ul>",
         "<table><tr><th>check</th><th>verdict</th><th>p-value</th><th>what was seen</th><th>what it means</th></tr>",
         rows,
-        "</table><h2>Inputs</h2>",
+        "</table>",
+        accuracy_section(accuracy or {}),
+        "<h2>Inputs</h2>",
         _img(histograms(ref, result), "feature histograms"),
         "<h2>Answers</h2>",
         _img(answers(ref, result), "predicted classes and confidence"),

@@ -3,6 +3,7 @@ reference, the verdict, the report, and a record in MLflow's ``monitoring`` expe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -59,6 +60,24 @@ def read_batch(path: Path, max_images: int = MonitorConfig().max_batch_images) -
     return checked_images(images, f"{path}: ")
 
 
+def batch_labels(path: Path, n: int) -> np.ndarray:
+    """The true labels a batch file carries beside its images (``labels``, as ``monitor simulate``
+    writes them; -1 for an image without one), or -1 for every image when it has none."""
+    import zipfile
+
+    from mnistops.data.arrays import read_arrays
+
+    with contextlib.suppress(zipfile.BadZipFile, OSError):
+        with zipfile.ZipFile(path) as z:
+            if "labels.npy" not in z.namelist():
+                return np.full(n, -1, np.int64)
+        labels = np.asarray(read_arrays(path, ["labels"], n, "batch file")["labels"]).astype(np.int64).ravel()
+        if len(labels) != n:
+            raise DataError(f"{path}: {len(labels):,} labels for {n:,} images; give one label per image, -1 if unknown")
+        return labels
+    return np.full(n, -1, np.int64)
+
+
 @dataclass
 class Watched:
     """The model a monitoring run watches."""
@@ -105,6 +124,7 @@ def monitor(
     batch: Path | None = None,
     since: str | None = None,
     images: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
     prediction_log: str | None = None,
     report: Path | None = None,
     seed: int = 0,
@@ -112,7 +132,10 @@ def monitor(
     parent_run_id: str = "",
     max_images: int = MonitorConfig().max_batch_images,
 ) -> Monitored:
-    """Check a batch file, the ``since`` window of the prediction log, or ``images``; see :class:`Monitored`.
+    """Check a batch file, the ``since`` window of the prediction log, or ``images`` (with their
+    true ``labels`` if known, -1 where not); see :class:`Monitored`. Besides drift, the accuracy:
+    measured on the inputs whose labels are known (the log's feedback, a batch file's ``labels``)
+    and estimated from the model's confidence on all of them (:mod:`mnistops.evaluate.performance`).
 
     Raises:
         MnistopsError: no reference for the model, an empty window, a batch of the wrong shape...
@@ -121,8 +144,10 @@ def monitor(
         raise MnistopsError("give exactly one of --batch FILE or --since DURATION (e.g. --since 24h)")
     if report is not None and not report.parent.is_dir():
         raise MnistopsError(f"the report's folder {report.parent} does not exist: create it or write elsewhere")
+    truth = None
     if batch is not None:  # the user's file first: a bad one is refused before the store is asked
         images = read_batch(batch, max_images)
+        truth = batch_labels(batch, len(images))
     model = watched(tracking_uri, model_uri)
     ref = reference.for_run(tracking_uri, model.run_id)
     if images is not None:
@@ -135,10 +160,11 @@ def monitor(
         predicted, confidence = proba.argmax(axis=1), proba.max(axis=1)
     else:
         assert since is not None
-        images, predicted, confidence, window = _from_log(prediction_log, since, model, tracking_uri, max_images)
+        images, predicted, confidence, truth, window = _from_log(prediction_log, since, model, tracking_uri, max_images)
     started = time.perf_counter()
     result = checks.compare(ref, images, predicted, confidence, seed)
     elapsed = time.perf_counter() - started
+    accuracy = accuracy_of(ref, predicted, confidence, truth if truth is not None else labels)
     about = {
         "model": f"{model.name or model.uri} version {model.version or '-'}",
         "training run": model.run_id,
@@ -148,8 +174,14 @@ def monitor(
     }
     from mnistops.monitor.report import render
 
-    page = render(ref, result, images, f"mnistops monitoring: {about['model']}", about)
-    out = {**result.to_dict(), "model": dict(model.__dict__), "window": window, "seconds": round(elapsed, 3)}
+    page = render(ref, result, images, f"mnistops monitoring: {about['model']}", about, accuracy)
+    out = {
+        **result.to_dict(),
+        "accuracy": accuracy,
+        "model": dict(model.__dict__),
+        "window": window,
+        "seconds": round(elapsed, 3),
+    }
     if report is not None:
         tmp = report.with_name(report.name + ".part")
         tmp.write_text(page, encoding="utf-8")
@@ -170,9 +202,26 @@ def checked_images(images: Any, where: str = "") -> np.ndarray:
     return arr.astype(np.uint8).reshape(-1, 28, 28)
 
 
+def accuracy_of(
+    ref: reference.Reference, predicted: np.ndarray, confidence: np.ndarray, truth: np.ndarray | None
+) -> dict[str, Any]:
+    """``estimated`` (from the confidence; None for a reference without a calibration) and
+    ``labeled`` (on the inputs whose true label is known; None if none is), each an accuracy with
+    its 95% interval and how many inputs it is over."""
+    from mnistops.evaluate import performance
+
+    out: dict[str, Any] = {"estimated": None, "labeled": None}
+    if ref.calibration_x.size:
+        out["estimated"] = performance.estimate(confidence, ref.calibration_x, ref.calibration_y).to_dict()
+    known = np.asarray(truth) >= 0 if truth is not None else np.zeros(len(predicted), bool)
+    if known.any():
+        out["labeled"] = performance.measured(np.asarray(predicted)[known], np.asarray(truth)[known]).to_dict()
+    return out
+
+
 def _from_log(
     path: str | None, since: str, model: Watched, tracking_uri: str, max_images: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     from mnistops.tracking.predlog import read
 
     if not path:
@@ -195,7 +244,7 @@ def _from_log(
         "since": _human(since, start),
         "from": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(rows["ts"][keep].min()))),
     }
-    return rows["images"][keep], rows["label"][keep], rows["confidence"][keep], window
+    return rows["images"][keep], rows["label"][keep], rows["confidence"][keep], rows["truth"][keep], window
 
 
 def resolve_log(path: str, tracking_uri: str) -> Path:
@@ -241,6 +290,10 @@ def _record(
         c.log_param(rid, "window", json.dumps(out["window"]))
         c.log_param(rid, "n", result.n)
         c.log_metric(rid, "verdict", record.VERDICT_CODE[result.verdict])
+        for kind, acc in out["accuracy"].items():  # estimated_accuracy, labeled_accuracy, labeled_n
+            if acc is not None:
+                c.log_metric(rid, f"{kind}_accuracy", acc["accuracy"])
+                c.log_metric(rid, f"{kind}_n", acc["n"])
         for check in result.checks:
             c.log_metric(rid, f"p_{check.name}", check.p_value)
         c.log_text(rid, json.dumps(out, indent=2, default=str), "monitoring/result.json")

@@ -315,6 +315,7 @@ class Scored:
     metrics: dict[str, float]
     evaluation: Any
     test_rows: np.ndarray
+    test_labels: np.ndarray
     figures: dict[str, Path]
     tmp: tempfile.TemporaryDirectory[str]
 
@@ -341,7 +342,7 @@ def evaluate(model: Any, held_out: HeldOut) -> Scored:
             held_out.images, y_test, proba, mistakes, names, out / "confident_mistakes.png"
         ),
     }
-    return Scored(ev.metrics, ev, held_out.rows, figures, tmp)
+    return Scored(ev.metrics, ev, held_out.rows, y_test, figures, tmp)
 
 
 def pip_requirements(kind: str, dists: dict[str, tuple[str, str]] | None = None) -> list[str]:
@@ -388,7 +389,7 @@ def log_outputs(scored: Scored, info: Any, timer: Timer, profile: dict[str, np.n
         mlflow.log_artifact(str(pred), str(Path(record.PREDICTIONS_ARTIFACT).parent))
         # What `mnistops monitor` compares the served model's inputs and answers with.
         ref = Path(tmp) / Path(record.REFERENCE_ARTIFACT).name
-        ref.write_bytes(reference.complete(profile, ev.proba).to_bytes())
+        ref.write_bytes(reference.complete(profile, ev.proba, scored.test_labels).to_bytes())
         mlflow.log_artifact(str(ref), str(Path(record.REFERENCE_ARTIFACT).parent))
     scored.tmp.cleanup()
     return metrics

@@ -246,7 +246,8 @@ def read(
     path: Path, since: float = 0.0, until: float | None = None, max_rows: int | None = None
 ) -> dict[str, np.ndarray]:
     """The log's rows from ``since`` to ``until`` (seconds since the epoch): ``ts``, ``version``,
-    ``images`` (``uint8 (n, 28, 28)``), ``label``, ``confidence``.
+    ``images`` (``uint8 (n, 28, 28)``), ``label``, ``confidence``, and ``truth``: the label sent
+    back through ``POST /feedback``, -1 where none was.
 
     Raises:
         DataError: ``path`` is not a prediction log of mnistops (not SQLite, no ``predictions``
@@ -263,8 +264,12 @@ def read(
                     f"the prediction log {path} holds {n:,} predictions in that window; at most {max_rows:,} "
                     "are checked at once (monitor.max_batch_images): give a shorter --since"
                 )
+            has_feedback = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'feedback'").fetchone()
+            truth = "COALESCE(f.label, -1)" if has_feedback else "-1"
+            joined = "LEFT JOIN feedback f ON f.pid = p.pid" if has_feedback else ""
             rows = db.execute(
-                "SELECT ts, version, image, label, confidence FROM predictions WHERE ts >= ? AND ts <= ? ORDER BY id",
+                f"SELECT p.ts, p.version, p.image, p.label, p.confidence, {truth} FROM predictions p {joined} "
+                "WHERE p.ts >= ? AND p.ts <= ? ORDER BY p.id",
                 (since, until),
             ).fetchall()
     except sqlite3.Error as exc:
@@ -280,6 +285,7 @@ def read(
         "images": images,
         "label": np.array([r[3] for r in rows], dtype=np.int64),
         "confidence": np.array([r[4] for r in rows]),
+        "truth": np.array([r[5] for r in rows], dtype=np.int64),
     }
 
 
