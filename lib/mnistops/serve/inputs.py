@@ -46,15 +46,21 @@ def json_depth(body: bytes) -> int:
     return int(np.cumsum(steps).max(initial=0))
 
 
-def images_from_json(body: bytes, max_images: int) -> np.ndarray:
-    """``uint8 (n, 28, 28)`` from a JSON body ``{"images": [...]}``."""
+def parse_json(body: bytes, expected: str) -> Any:
+    """The JSON value of ``body``, its nesting checked on the bytes first; ``expected`` (what to
+    send instead) ends the messages."""
     depth = json_depth(body)
     if depth > MAX_JSON_DEPTH:
-        raise BadInput(422, f'the JSON nests {depth:,} levels deep; at most {MAX_JSON_DEPTH}: send {{"images": [...]}}')
+        raise BadInput(422, f"the JSON nests {depth:,} levels deep; at most {MAX_JSON_DEPTH}: send {expected}")
     try:
-        data = json.loads(body)
+        return json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise BadInput(400, f'the body is not JSON ({exc}): send {{"images": [...]}}') from None
+        raise BadInput(400, f"the body is not JSON ({exc}): send {expected}") from None
+
+
+def images_from_json(body: bytes, max_images: int) -> np.ndarray:
+    """``uint8 (n, 28, 28)`` from a JSON body ``{"images": [...]}``."""
+    data = parse_json(body, '{"images": [...]}')
     if not isinstance(data, dict) or "images" not in data:
         raise BadInput(422, 'expected a JSON object {"images": [...]}: a list of 28x28 or 784-pixel images')
     images = data["images"]
@@ -204,13 +210,7 @@ FEEDBACK_KEYS = {"prediction_id", "label", "replace"}
 def feedback_from_json(body: bytes, max_items: int) -> list[tuple[str, int, bool]]:
     """``(prediction id, label, replace)`` per item of ``{"prediction_id": ..., "label": 0-9}``, or a
     list of such objects (``"replace": true`` to change a label already given)."""
-    depth = json_depth(body)
-    if depth > MAX_JSON_DEPTH:
-        raise BadInput(422, f"the JSON nests {depth:,} levels deep; at most {MAX_JSON_DEPTH}")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise BadInput(400, f'the body is not JSON ({exc}): send {{"prediction_id": "...", "label": 7}}') from None
+    data = parse_json(body, '{"prediction_id": "...", "label": 7}')
     items = data if isinstance(data, list) else [data]
     if not items:
         raise BadInput(422, "the list is empty: send at least one {prediction_id, label} object")

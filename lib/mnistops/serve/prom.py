@@ -78,7 +78,6 @@ class Metrics:
         self.log_dropped = Counter(
             "mnistops_prediction_log_dropped", "Answered predictions the prediction log did not keep.", registry=r
         )
-
         self.feedback = Counter("mnistops_feedback", "True labels received for answered predictions.", registry=r)
         self.live_accuracy = Gauge(
             "mnistops_live_accuracy",
