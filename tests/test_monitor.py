@@ -189,6 +189,7 @@ def estimates(watched: dict[str, Any], fashion: np.ndarray) -> dict[str, tuple[f
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ESTIMATE_HOLDS)
 def test_the_estimate_lies_within_five_points_where_confidence_stays_calibrated(
     estimates: dict[str, tuple[float, float]], kind: str
@@ -197,6 +198,7 @@ def test_the_estimate_lies_within_five_points_where_confidence_stays_calibrated(
     assert abs(estimated - true) <= 0.05, (kind, true, estimated)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", [*ESTIMATE_OVERSTATES, "fashion"])
 def test_the_estimate_overstates_accuracy_on_inputs_unlike_the_training_digits(
     estimates: dict[str, tuple[float, float]], kind: str
