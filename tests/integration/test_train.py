@@ -373,8 +373,8 @@ def test_mlflow_ui_opens_the_batch_in_its_model_training_view(seed_store: SeedSt
     Chromium at the link mnistops prints: MLflow's Model training view, with the batch's runs."""
     from playwright.sync_api import sync_playwright
 
-    from integration.services import free_port
     from mnistops.tracking import store
+    from mnistops.tracking.server import wait_ready
 
     uri = f"sqlite:///{seed_store.work / 'mlflow.db'}"
     hint = store.ui_hint(uri, seed_store.batch["experiment"])
@@ -388,14 +388,14 @@ def test_mlflow_ui_opens_the_batch_in_its_model_training_view(seed_store: SeedSt
         {r["tags"]["mlflow.runName"] for r in seed_store.batch_runs if "mlflow.parentRunId" not in r["tags"]}
     )
     assert names
-    port = free_port()
+    port = _free_port()
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "TMPDIR": str(tmp_path)}
     server = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{port}"
-        _wait_for(base + "/health", server)
+        wait_ready(base, server, 120)  # /health, as for mnistops' own tracking server
         with sync_playwright() as p:
             browser = p.chromium.launch(
                 executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"]
@@ -414,18 +414,3 @@ def test_mlflow_ui_opens_the_batch_in_its_model_training_view(seed_store: SeedSt
     assert "Model registry" in shown and "matching run" in shown  # Model training: runs and models
     assert "Token Usage" not in shown and "Tool calls" not in shown  # not the GenAI overview
     assert all(url.startswith(base) for url in requests), [u for u in requests if not u.startswith(base)][:5]
-
-
-def _wait_for(url: str, server: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert server.poll() is None, f"mlflow server exited with {server.returncode}"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer within {timeout:g} s")

@@ -13,6 +13,7 @@ nothing here may raise anything else for any bytes a client sends.
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 from typing import Any
@@ -217,9 +218,8 @@ def feedback_from_json(body: bytes, max_items: int) -> list[tuple[str, int, bool
     if len(items) > max_items:
         raise BadInput(413, f"{len(items):,} labels in one request; at most {max_items:,} (serve.max_batch)")
     out = [_feedback_item(i, item) for i, item in enumerate(items)]
-    ids = [pid for pid, _, _ in out]
-    if len(set(ids)) < len(ids):
-        twice = sorted({pid for pid in ids if ids.count(pid) > 1})
+    twice = sorted(pid for pid, n in collections.Counter(pid for pid, _, _ in out).items() if n > 1)
+    if twice:
         raise BadInput(422, f"prediction {twice[0]} is labeled twice in one request: send each once")
     return out
 

@@ -94,13 +94,15 @@ class Metrics:
         self.model.labels(new.name, new.version, new.run_id).set(1)
         self.loads.inc()
 
-    def live_from(self, log: Any) -> None:
-        """Set the live accuracy from the labels already in the prediction log at ``log``."""
+    def live_from(self, log: Any) -> tuple[float | None, int]:
+        """Set the live accuracy from the labels in the prediction log at ``log``; it, and over
+        how many labeled predictions (:func:`mnistops.tracking.predlog.live_accuracy`)."""
         from mnistops.tracking import predlog
 
-        accuracy, _ = predlog.live_accuracy(log)
+        accuracy, labeled = predlog.live_accuracy(log)
         if accuracy is not None:
             self.live_accuracy.set(accuracy)
+        return accuracy, labeled
 
     def render(self) -> bytes:
         """The exposition text (every worker's, summed, when there are several)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -14,7 +13,6 @@ from mnistops.tracking import predlog
 
 router = APIRouter()
 
-LIVE_WINDOW = 1000  # mnistops_live_accuracy: over this many of the newest labeled predictions
 NO_LOG = "this server keeps no prediction log (serve.prediction_log is null): there is nothing to label"
 
 
@@ -22,25 +20,32 @@ NO_LOG = "this server keeps no prediction log (serve.prediction_log is null): th
 async def feedback(request: Request, s: State) -> Any:
     """Store ``{"prediction_id": ..., "label": 0-9}`` (or a list); all or none. 404 for an id
     the log does not hold, 409 for one already labeled (``"replace": true`` changes it)."""
-    if s.predlog is None or s.cfg.prediction_log is None:
+    if s.predlog is None:
         raise BadInput(409, NO_LOG)
     body = await read_body(request, s.cfg.max_body_bytes)
     items = await s.off_loop(feedback_from_json, body, s.cfg.max_batch)
-    path = Path(s.cfg.prediction_log)
-    await s.off_loop(s.predlog.flush)  # a prediction answered a moment ago is in the log
     try:
-        pairs = await s.off_loop(predlog.add_feedback, path, items)
+        pairs = await s.off_loop(_store, s.predlog, items)
     except predlog.UnknownPredictionError as exc:
         raise BadInput(404, f"no prediction {exc.ids[0]} in the log: send an id /predict answered with") from None
     except predlog.AlreadyLabeledError as exc:
         raise BadInput(409, f'prediction {exc.ids[0]} is labeled already: send "replace": true to change it') from None
     s.metrics.feedback.inc(len(pairs))
-    accuracy, labeled = await s.off_loop(predlog.live_accuracy, path, LIVE_WINDOW)
-    if accuracy is not None:
-        s.metrics.live_accuracy.set(accuracy)
+    accuracy, labeled = await s.off_loop(s.metrics.live_from, s.predlog.path)
     return {
         "stored": len(pairs),
         "correct": sum(predicted == given for predicted, given in pairs),
         "live_accuracy": accuracy,
         "labeled": labeled,
     }
+
+
+def _store(log: predlog.PredictionLog, items: list[tuple[str, int, bool]]) -> list[tuple[int, int]]:
+    """:func:`~mnistops.tracking.predlog.add_feedback`; an id not found yet may be an answer of a
+    moment ago that the log's writer still holds: once it has written what it holds, tried again."""
+    try:
+        return predlog.add_feedback(log.path, items)
+    except predlog.UnknownPredictionError:
+        if not log.flush():
+            raise
+        return predlog.add_feedback(log.path, items)
