@@ -47,6 +47,7 @@ def prepare_while_store_opens(
         steps.open_store(uri, cfg)
         return dataclasses.replace(cache[key]), steps.build_model(cfg)
     if sources.is_local(cfg.data.dataset):
+        import_before_threads(DATA_THREAD_IMPORTS)
         data, model = _beside(lambda: steps.prepare_data(cfg, progress, timer), lambda: _store_and_model(cfg, uri))
     else:
         model = _store_and_model(cfg, uri)
@@ -73,6 +74,33 @@ def one_malloc_arena() -> None:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(m_arena_max, 1)
 
 
+DATA_THREAD_IMPORTS = (
+    "mnistops.data.split",
+    "mnistops.data.validate",
+    "mnistops.evaluate.reference",
+    "sklearn.model_selection",
+    "sklearn.decomposition",
+)
+EVALUATE_IMPORTS = ("mnistops.evaluate.metrics", "sklearn.metrics")
+
+
+def import_before_threads(modules: tuple[str, ...]) -> None:
+    """Import ``modules`` here, before a second thread starts importing too.
+
+    Two threads importing one package at once (scikit-learn's modules import each other) can
+    meet in a circle that Python's import locks break by handing one thread a half-initialised
+    module: ``cannot import name 'clone' from partially initialized module 'sklearn.base'``, one
+    run in a few hundred. So the modules a worker thread needs are imported before it starts;
+    the main thread's imports (MLflow, the model's estimator) then meet none of them half-done.
+    Imports hold the GIL, so doing these first costs no wall time: the other thread's work
+    overlaps the main thread's remaining imports, as before.
+    """
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)
+
+
 def _store_and_model(cfg: Config, uri: str) -> Any:
     steps.open_store(uri, cfg)
     return steps.build_model(cfg)
@@ -96,6 +124,7 @@ def evaluate_while_warming(model: Any, held_out: steps.HeldOut) -> steps.Scored:
     """:func:`steps.evaluate`, while a thread imports what plotting and model logging need
     (matplotlib, ``mlflow.pyfunc``, MLflow's scan of installed packages): Python imports under
     the GIL overlap the prediction, compiled code outside it (about 1.5 s of a forest's run)."""
+    import_before_threads(EVALUATE_IMPORTS)
     with ThreadPoolExecutor(1, thread_name_prefix="mnistops-warm") as pool:
         warm = pool.submit(warm_outputs)
         scored = steps.evaluate(model, held_out)
