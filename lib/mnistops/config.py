@@ -39,6 +39,8 @@ class DataConfig(_Strict):
 
     dataset: str = "mnist"
     source: str = "auto"
+    extra: list[str] = Field(default_factory=list)  # feedback sets (mnistops data from-log): training rows only
+    extra_weight: int = Field(1, ge=1, le=100)  # each labeled production input counts as this many rows
 
 
 class SplitConfig(_Strict):
@@ -89,6 +91,9 @@ class GateConfig(_Strict):
     metric: str = "f1_macro"
     tolerance: float = Field(0.002, ge=0.0, le=1.0)
     lock_wait_s: float = Field(300.0, gt=0)  # how long promote/rollback wait for another's alias lock
+    replay_last: int = Field(1000, ge=1)  # production inputs the gate replays from serve.prediction_log
+    production_metric: Literal["accuracy"] | None = None  # set: not worse than the champion on labeled ones
+    production_tolerance: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class ServeConfig(_Strict):

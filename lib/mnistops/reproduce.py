@@ -83,7 +83,7 @@ def package_diffs(tags: dict[str, str]) -> dict[str, dict[str, str | None]]:
 
 def reproduce(uri: str, run_id: str, progress: Reporter | None = None) -> Reproduction:
     """Re-run ``run_id`` from its record and compare; see the module docstring."""
-    from mnistops.data import sources
+    from mnistops.data import extras
     from mnistops.pipeline import train
     from mnistops.tracking.runs import is_timing, run_config
 
@@ -94,7 +94,7 @@ def reproduce(uri: str, run_id: str, progress: Reporter | None = None) -> Reprod
     cfg = run_config(uri, run_id)
     cfg.tracking.uri = uri
     want = tags.get(record.DATA_FINGERPRINT)
-    ds = sources.load(cfg.data.dataset, source=cfg.data.source, progress=progress)
+    ds = extras.load(cfg.data, progress)
     if ds.fingerprint != want:
         raise ReproductionError(
             f"the data changed: run {run_id} trained on {cfg.data.dataset} with fingerprint {want}, "

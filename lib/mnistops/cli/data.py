@@ -123,3 +123,47 @@ def data_export(
 
 
 # --- train ------------------------------------------------------------------------------
+
+
+@data_app.command("from-log")
+def data_from_log(
+    out: Annotated[Path, typer.Argument(metavar="OUT.npz", help="Where to write the feedback set.")],
+    since: Annotated[
+        str, typer.Option("--since", metavar="DURATION", help="The prediction log's last 30m, 24h, 7d, or an ISO time.")
+    ],
+    labeled_only: Annotated[
+        bool, flag("--labeled-only", "Only the predictions whose true label came back (POST /feedback).")
+    ] = False,
+    hold_back: Annotated[
+        float,
+        typer.Option(
+            "--hold-back", metavar="SHARE", help="Leave the newest labeled share out, for the gate to judge on."
+        ),
+    ] = 0.0,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the served model's logged inputs, with the labels sent back, as a feedback set.
+
+    Train on it beside the base dataset with `--set data.extra=[OUT.npz]`: its labeled images
+    become training rows, and the run names it (and the window) among its data's parents.
+    """
+    from mnistops.config import load_config
+    from mnistops.monitor.production import from_log, open_log
+    from mnistops.tracking.store import resolve_uri
+
+    cfg = load_config(config, set_ or [])
+    log_path = open_log(cfg.serve.prediction_log, resolve_uri(cfg.tracking.uri))
+    meta = from_log(log_path, since, out, labeled_only, hold_back)
+    if as_json:
+        emit_json({"path": str(out), **meta})
+        return
+    out_console().print(
+        f"[green]✓[/] {out}: {meta['n']:,} logged inputs, {meta['labeled']:,} labeled "
+        f"({meta['held_back']:,} newer ones held back), "
+        f"from {meta['from']} to {meta['until']} ({', '.join(meta['model_versions'])})"
+    )
+    out_console().print(
+        f"  fingerprint {meta['fingerprint']}; train on it with --set data.extra=[{out}]", markup=False, highlight=False
+    )

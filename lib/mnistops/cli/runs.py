@@ -1,4 +1,5 @@
-"""``mnistops runs list`` and ``runs compare``: the tracked runs, side by side."""
+"""``mnistops runs list``, ``runs compare`` and ``runs lineage``: the tracked runs, side by side, and where a
+served prediction came from and went."""
 
 from __future__ import annotations
 
@@ -87,3 +88,34 @@ def runs_compare(
             out.print(f"metric  {k}: {m['a']:.4f} → {m['b']:.4f} ({m['delta']:+.4f})")
     for k, v in diff["environment"].items():
         out.print(f"env     {k}: {v['a']} → {v['b']}")
+
+
+@runs_app.command("lineage")
+def runs_lineage(
+    prediction_id: Annotated[str, typer.Argument(metavar="PREDICTION_ID", help="An id /predict answered with.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Where a served prediction came from and went: the version that answered it, that version's
+    run and data (fingerprint and parents), its feedback, and the runs that trained on it."""
+    from mnistops.monitor.production import lineage, open_log
+
+    cfg, uri = open_store(config, set_, write=False)
+    found = lineage(uri, open_log(cfg.serve.prediction_log, uri), prediction_id)
+    if as_json:
+        emit_json(found)
+        return
+    out = out_console()
+    truth = "no label came back" if found["truth"] < 0 else f"labeled {found['truth']}"
+    out.print(f"prediction {prediction_id}: {found['label']} ({found['confidence']:.2f}) at {found['ts']}, {truth}")
+    out.print(f"  answered by {found['model']} version {found['version']}")
+    by = found["answered_by"]
+    if by:
+        out.print(f"  its run {by['run_id']}, data {by['data_fingerprint'][:12]}")
+        for parent in (by["parents"] or {}).get("extra", []):
+            out.print(f"    + feedback {parent['fingerprint'][:12]}: {parent['n']} labeled, {parent.get('from', '')}..")
+    for run in found["trained_into"]:
+        out.print(f"  trained into run {run['run_id']} (version {run['model_version'] or 'not registered'})")
+    if not found["trained_into"]:
+        out.print("  no training run has used it yet")

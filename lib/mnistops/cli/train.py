@@ -69,8 +69,11 @@ def train_cmd(
     decision = None
     if promote:
         from mnistops.lifecycle.registry import promote as run_gate
+        from mnistops.tracking.predlog import production_log
 
-        decision = run_gate(result.tracking_uri, result.run_id, cfg.gate, cfg.tracking.registered_model)
+        uri = result.tracking_uri
+        log = production_log(cfg.serve, uri)
+        decision = run_gate(uri, result.run_id, cfg.gate, cfg.tracking.registered_model, production_log=log)
     if as_json:
         emit_json({**result.to_dict(), **({"promotion": decision.to_dict()} if decision else {})})
     else:
@@ -109,6 +112,8 @@ def _print_decision(decision: Any) -> None:
     out = out_console()
     if decision.checks:
         out.print(table)
+    if decision.replay:
+        out.print(decision.replay.describe(), highlight=False)
     colour = "green" if decision.verdict in ("PROMOTED", "WOULD PROMOTE") else "yellow"
     out.print(f"[{colour}]{decision.verdict}[/]: {escape(decision.reason)}", highlight=False)
 
@@ -127,6 +132,7 @@ def promote_cmd(
 ) -> None:
     """Gate a run's model: promote it to @champion if it beats the floor and the champion. Exit 1 if refused."""
     from mnistops.lifecycle.registry import promote
+    from mnistops.tracking.predlog import production_log
     from mnistops.tracking.runs import latest_run
     from mnistops.tracking.store import find_run
 
@@ -134,7 +140,9 @@ def promote_cmd(
         raise GateError("promote needs a RUN_ID or --latest: see `mnistops runs list`")
     cfg, uri = open_store(config, set_)
     run_id = latest_run(uri, cfg.tracking.experiment) if run_id is None else find_run(uri, run_id).info.run_id
-    decision = promote(uri, run_id, cfg.gate, cfg.tracking.registered_model, dry_run=dry_run, force=force)
+    decision = promote(
+        uri, run_id, cfg.gate, cfg.tracking.registered_model, dry_run, force, production_log(cfg.serve, uri)
+    )
     if as_json:
         emit_json(decision.to_dict())
     else:

@@ -43,6 +43,9 @@ class Dataset:
         cache_path: the cache file the arrays were read from, if any.
         fingerprint: SHA-256 of the canonical bytes (see :mod:`mnistops.data.fingerprint`).
         from_cache: True when this load was served from the cache, with no fetch.
+        n_extra: the last ``n_extra`` rows are feedback from production (``data.extra``): training
+            rows only, outside any split (:mod:`mnistops.data.extras`).
+        parents: with extras, JSON naming the base's fingerprint and each feedback set's.
     """
 
     name: str
@@ -54,6 +57,8 @@ class Dataset:
     cache_path: str | None = None
     fingerprint: str = field(default="")
     from_cache: bool = False
+    n_extra: int = 0
+    parents: str = ""
 
     @classmethod
     def from_splits(
@@ -77,9 +82,15 @@ class Dataset:
         """Number of images."""
         return int(self.labels.shape[0])
 
+    @property
+    def n_base(self) -> int:
+        """Number of rows of the base dataset (all but the production extras)."""
+        return self.n_samples - self.n_extra
+
     def official_indices(self) -> tuple[np.ndarray, np.ndarray]:
-        """Row indices ``(train, test)`` of the official split, each ``int64 (m,)``."""
-        return np.flatnonzero(self.is_train), np.flatnonzero(~self.is_train)
+        """Row indices ``(train, test)`` of the official split of the base rows, each ``int64 (m,)``."""
+        base = self.is_train[: self.n_base]
+        return np.flatnonzero(base), np.flatnonzero(~base)
 
     def official_arrays(self) -> dict[str, np.ndarray]:
         """The Keras-style arrays ``x_train, y_train, x_test, y_test`` (uint8)."""

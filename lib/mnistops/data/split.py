@@ -32,6 +32,9 @@ class Split:
 def make_split(ds: Dataset, strategy: str = "stratified", test_size: float = 0.2, seed: int = 42) -> Split:
     """Split ``ds`` into train and test row indices.
 
+    The production extras of a joined dataset (:mod:`mnistops.data.extras`) are not split: the
+    base rows are, as they would be alone, and the extras follow the base's training rows.
+
     Args:
         ds: the dataset.
         strategy: ``stratified`` (over all rows) or ``official``.
@@ -46,10 +49,12 @@ def make_split(ds: Dataset, strategy: str = "stratified", test_size: float = 0.2
         from sklearn.model_selection import train_test_split
 
         train, test = train_test_split(
-            np.arange(ds.n_samples), test_size=test_size, random_state=seed, stratify=ds.labels
+            np.arange(ds.n_base), test_size=test_size, random_state=seed, stratify=ds.labels[: ds.n_base]
         )
     else:
         raise ConfigError(f"unknown split strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
     train = np.asarray(train, dtype=np.int64)
     test = np.asarray(test, dtype=np.int64)
-    return Split(strategy, train, test, split_fingerprint(train, test))
+    fingerprint = split_fingerprint(train, test)  # of the base rows: the same with or without extras
+    extra = np.arange(ds.n_base, ds.n_samples, dtype=np.int64)
+    return Split(strategy, np.concatenate([train, extra]), test, fingerprint)

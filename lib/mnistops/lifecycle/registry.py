@@ -17,14 +17,19 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from mnistops import processes, record
 from mnistops.config import Config, GateConfig
 from mnistops.errors import GateError, RunNotFoundError, TrackingError
+from mnistops.lifecycle import shadow
 from mnistops.lifecycle.alias_lock import alias_lock
 from mnistops.tracking import store
 from mnistops.tracking.runs import alias_version, run_config
@@ -93,6 +98,7 @@ class Decision:
     reason: str
     checks: list[Check] = field(default_factory=list)
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    replay: shadow.Replay | None = None
 
     @property
     def verdict(self) -> str:
@@ -122,48 +128,70 @@ class Decision:
         return pd.DataFrame(rows, columns=columns).set_index("check")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready decision, with each check's delta and the verdict."""
+        """JSON-ready decision, with each check's delta, the replay and the verdict."""
         d = asdict(self)
+        d["replay"] = self.replay.to_dict() if self.replay else None
         d["verdict"] = self.verdict
         for row, check in zip(d["checks"], self.checks, strict=True):
             row["delta"] = check.delta
         return d
 
 
-def _score(model_uris: dict[str, str], cfg: Config) -> dict[str, dict[str, float]]:
-    """Score registered models (role -> URI) on the one held-out split ``cfg`` defines."""
+def _score(
+    model_uris: dict[str, str], cfg: Config, production: dict[str, np.ndarray] | None
+) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+    """Score registered models (role -> URI) on the one held-out split ``cfg`` defines; with
+    ``production`` inputs, each model's class probabilities on them too."""
     import mlflow.pyfunc
 
     from mnistops.data import sources
+    from mnistops.data.dataset import to_features
     from mnistops.data.split import make_split
     from mnistops.evaluate.metrics import evaluate
 
-    ds = sources.load(cfg.data.dataset, source=cfg.data.source)
+    ds = sources.load(cfg.data.dataset, source=cfg.data.source)  # the base: extras are never held out
     split = make_split(ds, cfg.split.strategy, cfg.split.test_size, cfg.seed)
     x, y = ds.features(split.test), ds.labels[split.test]
-    scores = {}
+    columns = [f"prob_{i}" for i in range(10)]
+    scores, probas = {}, {}
     for role, uri in model_uris.items():
         # From a server, MLflow downloads the model into a temporary folder it never removes: ours is.
         with processes.temporary_directory("model") as tmp:
-            frame = mlflow.pyfunc.load_model(uri, dst_path=tmp).predict(x)
-        scores[role] = evaluate(y, frame[[f"prob_{i}" for i in range(10)]].to_numpy(), ds.class_names).metrics
-    return scores
+            model = mlflow.pyfunc.load_model(uri, dst_path=tmp)
+            scores[role] = evaluate(y, model.predict(x)[columns].to_numpy(), ds.class_names).metrics
+            if production is not None:
+                probas[role] = model.predict(to_features(production["images"]))[columns].to_numpy()
+    return scores, probas
 
 
-def promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool = False, force: bool = False) -> Decision:
+def promote(
+    uri: str,
+    run_id: str,
+    gate: GateConfig,
+    name: str,
+    dry_run: bool = False,
+    force: bool = False,
+    production_log: Path | None = None,
+) -> Decision:
     """Run the gate for ``run_id``'s model version; move aliases if it passes (unless dry run).
+
+    With a ``production_log``, the last ``gate.replay_last`` inputs it holds are replayed through
+    candidate and champion (:mod:`mnistops.lifecycle.shadow`): the decision shows the replay, and
+    with ``gate.production_metric`` set the candidate must not be worse on the labeled ones.
 
     A version that was rolled back is refused without scoring unless ``force``. All but a dry run
     hold the alias lock (:mod:`mnistops.lifecycle.alias_lock`) from reading the champion to moving
     it, so promotions and rollbacks of the same model take turns.
     """
     if dry_run:
-        return _promote(uri, run_id, gate, name, dry_run, force)
+        return _promote(uri, run_id, gate, name, dry_run, force, production_log)
     with alias_lock(uri, name, gate.lock_wait_s):
-        return _promote(uri, run_id, gate, name, dry_run, force)
+        return _promote(uri, run_id, gate, name, dry_run, force, production_log)
 
 
-def _promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool, force: bool) -> Decision:
+def _promote(
+    uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool, force: bool, production_log: Path | None
+) -> Decision:
     client = store.client(uri)
     candidate = version_for_run(uri, name, run_id)
     champion = alias_version(uri, name, record.CHAMPION)
@@ -195,8 +223,15 @@ def _promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool, 
     uris = {"candidate": f"models:/{name}/{candidate.version}"}
     if champion is not None:
         uris["champion"] = f"models:/{name}/{champion.version}"
-    decision.scores = _score(uris, run_config(uri, run_id))
-    decision.checks = _checks(gate, decision.scores["candidate"], decision.scores.get("champion"))
+    production = None
+    if production_log is not None:
+        production = shadow.production_inputs(production_log, gate.replay_last, _trained_on(uri, run_id))
+    if production is not None and not len(production["truth"]):
+        production = None  # nothing logged that the candidate has not trained on
+    decision.scores, probas = _score(uris, run_config(uri, run_id), production)
+    if production_log is not None and production is not None:
+        decision.replay = shadow.replay(probas, production["truth"], production_log, int(production["seen"]))
+    decision.checks = _checks(gate, decision.scores["candidate"], decision.scores.get("champion"), decision.replay)
     failed = [c for c in decision.checks if not c.passed]
     decision.promoted = not failed and not dry_run
     if failed:
@@ -214,13 +249,26 @@ def _promote(uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool, 
     return decision
 
 
+def _trained_on(uri: str, run_id: str) -> set[str]:
+    """The ids of the served predictions a run trained on (its feedback sets), if any."""
+    from mnistops.tracking.runs import artifact_bytes
+
+    if record.DATA_PARENTS not in store.get_run(uri, run_id).data.tags:
+        return set()
+    return set(artifact_bytes(uri, run_id, record.FEEDBACK_IDS_ARTIFACT).decode().split())
+
+
 def _different_data(uri: str, run_id: str, champion: Any | None) -> str | None:
     """Why candidate and champion cannot be compared (other data or split), or None."""
     if champion is None:
         return None
     cand_tags, champ_tags = store.get_run(uri, run_id).data.tags, store.get_run(uri, champion.run_id).data.tags
-    for key, what in ((record.DATA_FINGERPRINT, "data"), (record.SPLIT_FINGERPRINT, "split")):
-        a, b = cand_tags.get(key), champ_tags.get(key)
+    # Production extras (data.extra) are training rows only: the base data decides the held-out rows.
+    pairs = (
+        ("data", base_fingerprint(cand_tags), base_fingerprint(champ_tags)),
+        ("split", cand_tags.get(record.SPLIT_FINGERPRINT), champ_tags.get(record.SPLIT_FINGERPRINT)),
+    )
+    for what, a, b in pairs:
         if a != b:
             return (
                 f"candidate and champion were trained on different {what}: "
@@ -230,23 +278,45 @@ def _different_data(uri: str, run_id: str, champion: Any | None) -> str | None:
     return None
 
 
-def _checks(gate: GateConfig, cand: dict[str, float], champ: dict[str, float] | None) -> list[Check]:
-    """The gate's rows: the floor, and (with a champion) not worse than it beyond the tolerance."""
+def base_fingerprint(tags: dict[str, str]) -> str | None:
+    """The fingerprint of the base data a run trained on (its own data's, without extras)."""
+    return tags.get(record.DATA_BASE_FINGERPRINT) or tags.get(record.DATA_FINGERPRINT)
+
+
+def _checks(
+    gate: GateConfig, cand: dict[str, float], champ: dict[str, float] | None, replayed: shadow.Replay | None = None
+) -> list[Check]:
+    """The gate's rows: the floor, and (with a champion) not worse than it beyond the tolerance, on
+    the held-out split and (``gate.production_metric``) on the labeled production inputs."""
     m = gate.floor_metric
     checks = [Check("floor", m, cand[m], champ[m] if champ else None, gate.floor, cand[m] >= gate.floor)]
-    if champ is not None:
-        threshold = champ[gate.metric] - gate.tolerance
-        checks.append(
-            Check(
-                "not worse than champion",
-                gate.metric,
-                cand[gate.metric],
-                champ[gate.metric],
-                threshold,
-                cand[gate.metric] >= threshold,
-            )
+    if champ is None:
+        return checks
+    threshold = champ[gate.metric] - gate.tolerance
+    checks.append(
+        Check(
+            "not worse than champion",
+            gate.metric,
+            cand[gate.metric],
+            champ[gate.metric],
+            threshold,
+            cand[gate.metric] >= threshold,
         )
+    )
+    if gate.production_metric:
+        checks.append(_production_check(gate, replayed))
     return checks
+
+
+def _production_check(gate: GateConfig, replayed: shadow.Replay | None) -> Check:
+    """Not worse than the champion on the labeled production inputs; failed when none were."""
+    rule, metric = "not worse on labeled production inputs", f"production_{gate.production_metric}"
+    cand = replayed.accuracy.get("candidate") if replayed else None
+    champ = replayed.accuracy.get("champion") if replayed else None
+    if cand is None or champ is None:
+        return Check(rule + " (none labeled: label some through POST /feedback)", metric, 0.0, None, 0.0, False)
+    threshold = champ - gate.production_tolerance
+    return Check(rule, metric, cand, champ, threshold, cand >= threshold)
 
 
 def move_champion(client: Any, name: str, version: str, old_champion: Any | None) -> None:
@@ -271,6 +341,8 @@ def _record(client: Any, name: str, version: Any, decision: Decision) -> None:
     }
     for check in decision.checks:
         tags[record.gate_metric(check.metric)] = f"{check.candidate:.6f}"
+    if decision.replay is not None:
+        tags[record.GATE_REPLAY] = json.dumps(decision.replay.to_dict())
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
 

@@ -222,7 +222,7 @@ def accuracy_of(
 def _from_log(
     path: str | None, since: str, model: Watched, tracking_uri: str, max_images: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    from mnistops.tracking.predlog import read
+    from mnistops.tracking.predlog import read, resolve_log
 
     if not path:
         raise MnistopsError("serve.prediction_log is not set: there is no prediction log to read")
@@ -245,17 +245,6 @@ def _from_log(
         "from": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(rows["ts"][keep].min()))),
     }
     return rows["images"][keep], rows["label"][keep], rows["confidence"][keep], rows["truth"][keep], window
-
-
-def resolve_log(path: str, tracking_uri: str) -> Path:
-    """The prediction log ``path`` names: as given when it exists there, else (a relative path) the
-    same name beside a SQLite store, where ``mnistops serve`` started in the project's root keeps
-    it (a notebook's kernel runs in notebooks/)."""
-    given = Path(path)
-    if given.exists() or given.is_absolute() or not tracking_uri.startswith("sqlite:///"):
-        return given
-    beside = Path(tracking_uri.removeprefix("sqlite:///")).parent / given
-    return beside if beside.exists() else given
 
 
 def _human(since: str, start: float) -> str:

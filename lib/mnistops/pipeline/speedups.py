@@ -75,6 +75,7 @@ def one_malloc_arena() -> None:
 
 
 DATA_THREAD_IMPORTS = (
+    "mnistops.data.extras",
     "mnistops.data.split",
     "mnistops.data.validate",
     "mnistops.evaluate.reference",

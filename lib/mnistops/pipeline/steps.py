@@ -125,13 +125,13 @@ def announce(cfg: Config, uri: str) -> None:
 
 def prepare_data(cfg: Config, progress: Reporter, timer: Timer) -> Prepared:
     """Load, validate and split the dataset, and profile the training images for monitoring."""
-    from mnistops.data import sources
+    from mnistops.data import extras
     from mnistops.data.split import make_split
     from mnistops.data.validate import validate
     from mnistops.evaluate.reference import input_profile
 
     with timer.stage("load"):
-        ds = sources.load(cfg.data.dataset, source=cfg.data.source, progress=progress)
+        ds = extras.load(cfg.data, progress)
     where = "the cache" if ds.from_cache else ds.source
     cached = f" ({ds.cache_path})" if ds.cache_path else ""
     log.info("data %s: %d images from %s%s, fingerprint %s", ds.name, ds.n_samples, where, cached, ds.fingerprint)
@@ -199,7 +199,19 @@ def run_tags(
         record.DATASET: ds.name,
         record.MODEL: cfg.model.name,
         **provenance.tags(env, code),
+        **parent_tags(ds),
     }
+
+
+def parent_tags(ds: Dataset) -> dict[str, str]:
+    """A dataset joined by feedback sets names its parents (:mod:`mnistops.data.extras`)."""
+    from mnistops.data import extras
+
+    return (
+        {record.DATA_BASE_FINGERPRINT: extras.base_fingerprint(ds), record.DATA_PARENTS: ds.parents}
+        if ds.parents
+        else {}
+    )
 
 
 def all_tags(cfg: Config, data: Prepared, prov: Provenance, model: Any, extra: dict[str, str]) -> dict[str, str]:
@@ -292,6 +304,10 @@ def log_inputs(cfg: Config, data: Prepared, prov: Provenance, run_id: str) -> No
     mlflow.log_dict(data.report, "data/validation.json")
     shape = {"strategy": split.strategy, "n_train": len(split.train), "n_test": len(split.test)}
     mlflow.log_dict({**shape, "fingerprint": split.fingerprint}, "data/split.json")
+    if ds.parents:  # lineage: which served predictions this run learnt from
+        from mnistops.data import extras
+
+        mlflow.log_text("\n".join(extras.labeled_ids(cfg.data.extra)) + "\n", record.FEEDBACK_IDS_ARTIFACT)
     for role, info in prov.code.items():
         if info.dirty:
             mlflow.log_text(info.diff, f"code/{role}.diff")

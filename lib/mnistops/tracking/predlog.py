@@ -245,9 +245,9 @@ class PredictionLog:
 def read(
     path: Path, since: float = 0.0, until: float | None = None, max_rows: int | None = None
 ) -> dict[str, np.ndarray]:
-    """The log's rows from ``since`` to ``until`` (seconds since the epoch): ``ts``, ``version``,
-    ``images`` (``uint8 (n, 28, 28)``), ``label``, ``confidence``, and ``truth``: the label sent
-    back through ``POST /feedback``, -1 where none was.
+    """The log's rows from ``since`` to ``until`` (seconds since the epoch): ``ts``, ``model``,
+    ``version``, ``pid``, ``images`` (``uint8 (n, 28, 28)``), ``label``, ``confidence``, and
+    ``truth``: the label sent back through ``POST /feedback``, -1 where none was.
 
     Raises:
         DataError: ``path`` is not a prediction log of mnistops (not SQLite, no ``predictions``
@@ -268,8 +268,8 @@ def read(
             truth = "COALESCE(f.label, -1)" if has_feedback else "-1"
             joined = "LEFT JOIN feedback f ON f.pid = p.pid" if has_feedback else ""
             rows = db.execute(
-                f"SELECT p.ts, p.version, p.image, p.label, p.confidence, {truth} FROM predictions p {joined} "
-                "WHERE p.ts >= ? AND p.ts <= ? ORDER BY p.id",
+                f"SELECT p.ts, p.version, p.image, p.label, p.confidence, {truth}, p.model, COALESCE(p.pid, '') "
+                f"FROM predictions p {joined} WHERE p.ts >= ? AND p.ts <= ? ORDER BY p.id",
                 (since, until),
             ).fetchall()
     except sqlite3.Error as exc:
@@ -286,7 +286,50 @@ def read(
         "label": np.array([r[3] for r in rows], dtype=np.int64),
         "confidence": np.array([r[4] for r in rows]),
         "truth": np.array([r[5] for r in rows], dtype=np.int64),
+        "model": np.array([r[6] for r in rows], dtype=str),
+        "pid": np.array([r[7] for r in rows], dtype=str),
     }
+
+
+def newest_since(path: Path, n: int) -> float:
+    """The time from which the log holds its ``n`` newest predictions (0 when it holds fewer)."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)) as db:
+        row = db.execute("SELECT ts FROM predictions ORDER BY id DESC LIMIT 1 OFFSET ?", (n - 1,)).fetchone()
+    return float(row[0]) if row else 0.0
+
+
+def lookup(path: Path, pid: str) -> dict[str, Any] | None:
+    """One prediction by its id: ``ts``, ``model``, ``version``, ``label``, ``confidence``,
+    ``endpoint`` and ``truth`` (-1 without feedback); None when the log does not hold it."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)) as db:
+        row = db.execute(
+            "SELECT p.ts, p.model, p.version, p.label, p.confidence, p.endpoint, COALESCE(f.label, -1) "
+            "FROM predictions p LEFT JOIN feedback f ON f.pid = p.pid WHERE p.pid = ?",
+            (pid,),
+        ).fetchone()
+    if row is None:
+        return None
+    keys = ("ts", "model", "version", "label", "confidence", "endpoint", "truth")
+    return dict(zip(keys, row, strict=True))
+
+
+def production_log(serve: Any, tracking_uri: str) -> Path | None:
+    """The prediction log ``serve.prediction_log`` names, when it exists (the gate replays it)."""
+    if not serve.prediction_log:
+        return None
+    path = resolve_log(serve.prediction_log, tracking_uri)
+    return path.resolve() if path.is_file() else None
+
+
+def resolve_log(path: str, tracking_uri: str) -> Path:
+    """The prediction log ``path`` names: as given when it exists there, else (a relative path) the
+    same name beside a SQLite store, where ``mnistops serve`` started in the project's root keeps
+    it (a notebook's kernel runs in notebooks/)."""
+    given = Path(path)
+    if given.exists() or given.is_absolute() or not tracking_uri.startswith("sqlite:///"):
+        return given
+    beside = Path(tracking_uri.removeprefix("sqlite:///")).parent / given
+    return beside if beside.exists() else given
 
 
 class UnknownPredictionError(LookupError):

@@ -162,6 +162,13 @@ def artifact_bytes(uri: str, run_id: str, path: str) -> bytes:
             return f.read()
 
 
+def runs_with_tag(uri: str, key: str) -> list[Any]:
+    """Every run, in any experiment, that carries the tag ``key``, newest first."""
+    c = store.client(uri)
+    experiments = [e.experiment_id for e in c.search_experiments()]
+    return list(c.search_runs(experiments, f"tags.`{key}` LIKE '%'", order_by=["attributes.start_time DESC"]))
+
+
 def alias_version(uri: str, name: str, alias: str) -> Any | None:
     """The version behind ``name@alias``, or None."""
     from mlflow.exceptions import MlflowException
@@ -235,13 +242,13 @@ def run_predictions(uri: str, run_id: str) -> RunPredictions:
     """
     import mlflow
 
-    from mnistops.data import sources
+    from mnistops.data import extras
     from mnistops.errors import RunNotFoundError
     from mnistops.evaluate.analysis import RunPredictions
 
     run = store.get_run(uri, run_id)
     cfg = run_config(uri, run_id)
-    ds = sources.load(cfg.data.dataset, source=cfg.data.source)
+    ds = extras.load(cfg.data)
     expected = run.data.tags.get(record.DATA_FINGERPRINT)
     if ds.fingerprint != expected:
         raise DataError(
