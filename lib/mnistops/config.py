@@ -110,7 +110,7 @@ class ServeConfig(_Strict):
     threads: int = Field(4, ge=1, le=256)  # decoding, preprocessing and model calls, off the event loop
     poll_seconds: float = Field(10.0, gt=0)  # how often the champion alias is looked up
     admin_token: str | None = None  # bearer token for POST /admin/reload; None: disabled
-    prediction_log: str | None = "predictions.db"  # SQLite file; None: predictions are not recorded
+    prediction_log: str | None = "predictions.db"  # SQLite file or postgresql:// URL; None: not recorded
     log_max_rows: int = Field(1_000_000, ge=1)
     log_queue_max: int = Field(100_000, ge=1)  # prediction rows that may wait for the disk; more are dropped
     log_max_age_days: float = Field(30.0, gt=0)

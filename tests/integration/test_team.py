@@ -13,10 +13,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 
 from integration.services import free_port, have_postgres, postgres
+from mnistops.serve import launch
 from support import one_line_error, read_store, run_cli
 
 pytestmark = pytest.mark.skipif(not have_postgres(), reason="needs Debian's PostgreSQL 15 (.ci/run installs it)")
@@ -319,3 +321,40 @@ def test_a_killed_command_takes_its_server_and_workers_with_it(store: Path) -> N
     assert alive == [], [p.cmdline() for p in alive]
     with pytest.raises(requests.ConnectionError):
         requests.get(uri + "/health", timeout=5)
+
+
+def test_two_servers_write_one_prediction_log_on_postgresql_that_monitor_and_from_log_read(
+    store: Path, digits10k: Path
+) -> None:
+    data = ["--set", f"data.dataset={digits10k}", "--set", "gate.floor=0.5"]
+    small = ["--set", "model.params.n_estimators=10", "--set", "model.params.max_depth=8"]
+    trained = run_cli("train", "--promote", "--json", *data, *small, cwd=store)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    images = np.load(digits10k)["x_test"][:60]
+    with postgres("predictions") as url:
+        log = ["--set", f"serve.prediction_log={url}"]
+        servers = [launch.start(log, cwd=store) for _ in range(2)]
+        try:
+            answers = []
+            for i, server in enumerate(servers):
+                launch.wait_ready(server)
+                answers.append(server.predict(images[i * 30 : (i + 1) * 30])["predictions"])
+            # A label sent to one server for a prediction the other made: one feedback table.
+            items = [{"prediction_id": p["prediction_id"], "label": 3} for p in answers[0][:5]]
+            assert servers[1].post("/feedback", json.dumps(items).encode())["stored"] == 5
+            assert servers[1].post("/feedback", json.dumps(items[:1]).encode())["status"] == 409
+        finally:
+            assert [s.stop() for s in servers] == [0, 0]
+        cli = ["--set", f"serve.prediction_log={url}", "--set", f"data.dataset={digits10k}"]
+        watched = run_cli("monitor", "--since", "1h", "--json", *cli, cwd=store)
+        assert watched.returncode in (0, 1), watched.stderr[-3000:]
+        result = json.loads(watched.stdout)
+        assert result["n"] == 60 and result["accuracy"]["labeled"]["n"] == 5
+        assert result["window"]["prediction log"] == url  # no password in it to hide
+        made = run_cli("data", "from-log", "--since", "1h", "--labeled-only", "fb.npz", "--json", *cli, cwd=store)
+        assert made.returncode == 0, made.stderr[-3000:]
+        assert json.loads(made.stdout)["labeled"] == 5
+    ids = {p["prediction_id"] for p in answers[0] + answers[1]}
+    assert len(ids) == 60
+    line = one_line_error(run_cli("monitor", "--since", "1h", *cli, cwd=store))  # the database is gone
+    assert line.startswith(f"error: the prediction log's database {url} cannot be read (")

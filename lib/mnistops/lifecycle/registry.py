@@ -21,7 +21,6 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,7 @@ from mnistops.errors import GateError, RunNotFoundError, TrackingError
 from mnistops.lifecycle import shadow
 from mnistops.lifecycle.alias_lock import alias_lock
 from mnistops.tracking import store
+from mnistops.tracking.logdb import Target
 from mnistops.tracking.runs import alias_version, run_config
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def promote(
     name: str,
     dry_run: bool = False,
     force: bool = False,
-    production_log: Path | None = None,
+    production_log: Target | None = None,
 ) -> Decision:
     """Run the gate for ``run_id``'s model version; move aliases if it passes (unless dry run).
 
@@ -190,7 +190,7 @@ def promote(
 
 
 def _promote(
-    uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool, force: bool, production_log: Path | None
+    uri: str, run_id: str, gate: GateConfig, name: str, dry_run: bool, force: bool, production_log: Target | None
 ) -> Decision:
     client = store.client(uri)
     candidate = version_for_run(uri, name, run_id)

@@ -12,12 +12,12 @@ true label came back (``POST /feedback``), and how their confidence differs; wit
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mnistops.tracking import predlog
+from mnistops.tracking import logdb, predlog
+from mnistops.tracking.logdb import Target
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Replay:
         return {**asdict(self), "confidence_shift": self.confidence_shift}
 
 
-def production_inputs(log_path: Path, last: int, seen: set[str]) -> dict[str, np.ndarray]:
+def production_inputs(log_path: Target, last: int, seen: set[str]) -> dict[str, np.ndarray]:
     """The ``last`` logged inputs (``images``) and their true labels (``truth``, -1: none), less
     those in ``seen`` (the candidate trained on them: judging it there would flatter it)."""
     rows = predlog.read(log_path, since=predlog.newest_since(log_path, last))
@@ -79,7 +79,7 @@ def production_inputs(log_path: Path, last: int, seen: set[str]) -> dict[str, np
     }
 
 
-def replay(probas: dict[str, np.ndarray], truth: np.ndarray, log_path: Path, seen: int = 0) -> Replay:
+def replay(probas: dict[str, np.ndarray], truth: np.ndarray, log_path: Target, seen: int = 0) -> Replay:
     """Compare the models' class probabilities (per role, ``(n, 10)``) on replayed inputs
     (``seen``: how many were left out because the candidate trained on them)."""
     answers = {role: p.argmax(axis=1) for role, p in probas.items()}
@@ -87,7 +87,7 @@ def replay(probas: dict[str, np.ndarray], truth: np.ndarray, log_path: Path, see
     accuracy = {role: float(np.mean(a[known] == truth[known])) if known.any() else None for role, a in answers.items()}
     agreement = float(np.mean(answers["candidate"] == answers["champion"])) if "champion" in answers else None
     return Replay(
-        str(log_path),
+        logdb.describe(log_path),
         seen,
         len(truth),
         int(known.sum()),

@@ -20,23 +20,24 @@ from mnistops import record
 from mnistops.data import extras
 from mnistops.errors import DataError, MnistopsError, TrackingError
 from mnistops.monitor.watch import window_start
-from mnistops.tracking import predlog, store
+from mnistops.tracking import logdb, predlog, store
+from mnistops.tracking.logdb import Target
 
 WHEN = "%Y-%m-%dT%H:%M:%SZ"
 
 
-def open_log(path: str | None, tracking_uri: str) -> Path:
+def open_log(path: str | None, tracking_uri: str) -> Target:
     """The prediction log a config names (``serve.prediction_log``), which must exist."""
     if not path:
         raise MnistopsError("serve.prediction_log is not set: there is no prediction log to read")
     log_path = predlog.resolve_log(path, tracking_uri)
-    if not log_path.is_file():
+    if not logdb.exists(log_path):
         raise MnistopsError(f"no prediction log at {log_path}: serve a model first (mnistops serve)")
-    return log_path.resolve()
+    return log_path if logdb.is_url(log_path) else Path(log_path).resolve()
 
 
 def from_log(
-    log_path: Path, since: str, out: Path, labeled_only: bool = False, hold_back: float = 0.0
+    log_path: Target, since: str, out: Path, labeled_only: bool = False, hold_back: float = 0.0
 ) -> dict[str, Any]:
     """Write the predictions logged since ``since`` (a duration or an ISO time) as a feedback set
     at ``out``; return its meta record (fingerprint, counts, window, versions).
@@ -62,13 +63,14 @@ def from_log(
     images, labels, ids = rows["images"][keep], rows["truth"][keep], rows["pid"][keep]
     if not len(labels):
         what = "labeled predictions" if labeled_only and len(rows["ts"]) else "predictions"
+        where, when = logdb.describe(log_path), time.strftime(WHEN, time.gmtime(start))
         raise MnistopsError(
-            f"the prediction log {log_path} holds no {what} since {time.strftime(WHEN, time.gmtime(start))}: "
+            f"the prediction log {where} holds no {what} since {when}: "
             + ("label some through POST /feedback first" if what == "labeled predictions" else "give a longer --since")
         )
     versions = sorted({f"{m}/{v}" for m, v in zip(rows["model"][keep], rows["version"][keep], strict=True)})
     meta = {
-        "log": str(log_path.resolve()),
+        "log": logdb.describe(log_path),
         "since": since,
         "from": time.strftime(WHEN, time.gmtime(start)),
         "until": time.strftime(WHEN, time.gmtime(now)),
@@ -82,7 +84,7 @@ def from_log(
     return extras.read(out).meta
 
 
-def lineage(tracking_uri: str, log_path: Path, pid: str) -> dict[str, Any]:
+def lineage(tracking_uri: str, log_path: Target, pid: str) -> dict[str, Any]:
     """Where one prediction came from and went: the version that answered, its run, that run's
     data (fingerprint and parents), and the training runs whose data included this prediction.
 
@@ -96,7 +98,9 @@ def lineage(tracking_uri: str, log_path: Path, pid: str) -> dict[str, Any]:
 
     pred = predlog.lookup(log_path, pid)
     if pred is None:
-        raise MnistopsError(f"the prediction log {log_path} holds no prediction {pid!r} (or it is past retention)")
+        raise MnistopsError(
+            f"the prediction log {logdb.describe(log_path)} holds no prediction {pid!r} (or it is past retention)"
+        )
     out: dict[str, Any] = {"prediction_id": pid, **pred, "ts": time.strftime(WHEN, time.gmtime(pred["ts"]))}
     try:
         _, _, run_id = resolve(f"models:/{pred['model']}/{pred['version']}", tracking_uri)

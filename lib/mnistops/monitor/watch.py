@@ -222,12 +222,13 @@ def accuracy_of(
 def _from_log(
     path: str | None, since: str, model: Watched, tracking_uri: str, max_images: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    from mnistops.tracking import logdb
     from mnistops.tracking.predlog import read, resolve_log
 
     if not path:
         raise MnistopsError("serve.prediction_log is not set: there is no prediction log to read")
     log_path = resolve_log(path, tracking_uri)
-    if not log_path.is_file():
+    if not logdb.exists(log_path):
         raise MnistopsError(f"no prediction log at {log_path}: serve a model first (mnistops serve), or pass --batch")
     now = time.time()
     start = window_start(since, now)
@@ -236,11 +237,12 @@ def _from_log(
     if not keep.any():
         versions = sorted(set(rows["version"].tolist()))
         raise MnistopsError(
-            f"the prediction log {log_path} holds no predictions of {model.name} version {model.version} since "
-            f"{_human(since, start)}" + (f" (only of versions {', '.join(versions)})" if versions else "")
+            f"the prediction log {logdb.describe(log_path)} holds no predictions of {model.name} "
+            f"version {model.version} since {_human(since, start)}"
+            + (f" (only of versions {', '.join(versions)})" if versions else "")
         )
     window = {
-        "prediction log": str(log_path),
+        "prediction log": logdb.describe(log_path),
         "since": _human(since, start),
         "from": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(rows["ts"][keep].min()))),
     }

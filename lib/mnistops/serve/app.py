@@ -109,12 +109,13 @@ def _lifespan(state: ServeState) -> Any:
 
 
 def _prediction_log(state: ServeState) -> Any:
+    from mnistops.tracking import logdb
     from mnistops.tracking.predlog import PredictionLog
 
     cfg, metrics = state.cfg, state.metrics
     assert cfg.prediction_log is not None
     return PredictionLog(
-        Path(cfg.prediction_log),
+        cfg.prediction_log if logdb.is_url(cfg.prediction_log) else Path(cfg.prediction_log),
         cfg.log_max_rows,
         cfg.log_max_age_days * 86400,
         queue_max=cfg.log_queue_max,

@@ -21,6 +21,7 @@ from typing import Any
 
 from mnistops.config import Config
 from mnistops.errors import MnistopsError
+from mnistops.tracking import logdb
 
 
 def preflight(cfg: Config, tracking_uri: str) -> str | None:
@@ -44,7 +45,9 @@ def preflight(cfg: Config, tracking_uri: str) -> str | None:
             raise MnistopsError(
                 f"cannot listen on {s.host}:{s.port}: {exc.strerror or exc}; pick another with --port"
             ) from None
-    if s.prediction_log:
+    if s.prediction_log and logdb.is_url(s.prediction_log):
+        _check_log_database(s.prediction_log)
+    elif s.prediction_log:
         folder = Path(s.prediction_log).resolve().parent
         if not folder.is_dir():
             raise MnistopsError(
@@ -61,6 +64,18 @@ def preflight(cfg: Config, tracking_uri: str) -> str | None:
             raise
         return f"{exc}; /ready answers 503 until one is promoted (mnistops promote)"
     return None
+
+
+def _check_log_database(url: str) -> None:
+    """A PostgreSQL prediction log answers and takes its tables, or the start fails in one line."""
+    try:
+        logdb.create(url)
+    except logdb.errors() as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise MnistopsError(
+            f"the prediction log's database {logdb.describe(url)} cannot be used ({first}): "
+            "start it, or set serve.prediction_log to a file"
+        ) from None
 
 
 def run(cfg: Config, tracking_uri: str) -> None:

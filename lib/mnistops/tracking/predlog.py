@@ -22,10 +22,8 @@ written, given a few seconds to get past a fault; what cannot be is counted as d
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
-import sqlite3
 import threading
 import time
 import uuid
@@ -35,29 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from mnistops.tracking import logdb
+from mnistops.tracking.logdb import Target
+
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS predictions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    model TEXT NOT NULL,
-    version TEXT NOT NULL,
-    image BLOB NOT NULL,
-    label INTEGER NOT NULL,
-    confidence REAL NOT NULL,
-    endpoint TEXT NOT NULL,
-    pid TEXT
-);
-CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
-CREATE TABLE IF NOT EXISTS feedback (
-    pid TEXT PRIMARY KEY,
-    label INTEGER NOT NULL CHECK (label BETWEEN 0 AND 9),
-    ts REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS feedback_ts ON feedback (ts);
-"""
-PID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS predictions_pid ON predictions (pid)"
 INSERT = (
     "INSERT INTO predictions (ts, model, version, image, label, confidence, endpoint, pid) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -75,7 +55,8 @@ class PredictionLog:
     """Queue rows from any thread; a writer thread inserts them (see the module's docstring).
 
     Args:
-        path: the SQLite file (created with its table now: a bad path fails the start, not a request).
+        path: the SQLite file or PostgreSQL URL (:mod:`mnistops.tracking.logdb`; its tables are
+            created now: a bad path fails the start, not a request).
         max_rows, max_age_s: retention.
         flush_s: how long the writer waits to gather rows.
         queue_max: rows that may wait; beyond, rows are dropped and counted.
@@ -85,7 +66,7 @@ class PredictionLog:
 
     def __init__(
         self,
-        path: Path,
+        path: Target,
         max_rows: int = 1_000_000,
         max_age_s: float = 30 * 86400,
         flush_s: float = 0.2,
@@ -94,6 +75,7 @@ class PredictionLog:
         on_drop: Callable[[int], None] = _ignore,
     ) -> None:
         self.path, self.max_rows, self.max_age_s, self.flush_s = path, max_rows, max_age_s, flush_s
+        self.where = logdb.describe(path)  # for messages: a URL without its password
         self.queue: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=queue_max)
         self.on_error, self.on_drop = on_error, on_drop
         self.written = self.dropped = self.errors = 0
@@ -103,13 +85,7 @@ class PredictionLog:
         self._holding = 0  # rows the writer has taken from the queue and not yet written
         self._stop = threading.Event()
         self.queued = 0  # rows given to add(), logged or dropped
-        with contextlib.closing(sqlite3.connect(path)) as db, db:
-            db.executescript(SCHEMA)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(predictions)")}
-            if "pid" not in columns:  # a log from before predictions had ids
-                db.execute("ALTER TABLE predictions ADD COLUMN pid TEXT")
-            db.execute(PID_INDEX)
-            db.execute("PRAGMA journal_mode=WAL")
+        logdb.create(path)
         self.thread = threading.Thread(target=self._write, name="mnistops-predlog", daemon=True)
         self.thread.start()
 
@@ -154,7 +130,7 @@ class PredictionLog:
 
     def _drop(self, n: int, why: str) -> None:
         if not self._dropping:
-            log.warning("prediction log %s: %s; predictions are answered but not logged", self.path, why)
+            log.warning("prediction log %s: %s; predictions are answered but not logged", self.where, why)
         self._dropping += n
         self.dropped += n
         self.on_drop(n)
@@ -186,10 +162,12 @@ class PredictionLog:
         self._holding = len(rows)
         while True:
             try:
-                with contextlib.closing(sqlite3.connect(self.path, timeout=1.0)) as db, db:
+                with logdb.connect(self.path, timeout=1.0, autocommit=False) as db:
+                    db.begin()
                     db.executemany(INSERT, rows)
                     self._retain(db)
-            except sqlite3.Error as exc:
+                    db.commit()
+            except logdb.errors() as exc:
                 self._failed(exc)
                 if self._stop.is_set():
                     deadline = deadline or time.monotonic() + CLOSE_TIMEOUT_S
@@ -203,7 +181,7 @@ class PredictionLog:
             self._recovered()
             return True
 
-    def _failed(self, exc: sqlite3.Error) -> None:
+    def _failed(self, exc: BaseException) -> None:
         self.errors += 1
         self.on_error(1)
         self.last_error = str(exc) or type(exc).__name__
@@ -211,7 +189,7 @@ class PredictionLog:
             self.failing_since = time.time()
             log.warning(
                 "prediction log %s cannot be written (%s): its rows wait in memory and are tried again",
-                self.path,
+                self.where,
                 self.last_error,
             )
 
@@ -219,13 +197,13 @@ class PredictionLog:
         if self.failing_since is not None:
             log.warning(
                 "prediction log %s is written again after %.1f s and %d failed writes",
-                self.path,
+                self.where,
                 time.time() - self.failing_since,
                 self.errors,
             )
             self.failing_since = None
         if self._dropping and self.queue.qsize() < self.queue.maxsize // 2:
-            log.warning("prediction log %s: its queue drained; %d rows were dropped", self.path, self._dropping)
+            log.warning("prediction log %s: its queue drained; %d rows were dropped", self.where, self._dropping)
             self._dropping = 0
 
     def _discard_queue(self) -> int:
@@ -237,13 +215,13 @@ class PredictionLog:
             except queue.Empty:
                 return n
 
-    def _retain(self, db: sqlite3.Connection) -> None:
+    def _retain(self, db: logdb.Db) -> None:
         db.execute("DELETE FROM predictions WHERE ts < ?", (time.time() - self.max_age_s,))
         db.execute("DELETE FROM predictions WHERE id <= (SELECT MAX(id) FROM predictions) - ?", (self.max_rows,))
 
 
 def read(
-    path: Path, since: float = 0.0, until: float | None = None, max_rows: int | None = None
+    path: Target, since: float = 0.0, until: float | None = None, max_rows: int | None = None
 ) -> dict[str, np.ndarray]:
     """The log's rows from ``since`` to ``until`` (seconds since the epoch): ``ts``, ``model``,
     ``version``, ``pid``, ``images`` (``uint8 (n, 28, 28)``), ``label``, ``confidence``, and
@@ -257,14 +235,14 @@ def read(
 
     until = until if until is not None else time.time() + 1
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        with logdb.connect(path, timeout=5.0, readonly=True) as db:
             (n,) = db.execute("SELECT COUNT(*) FROM predictions WHERE ts >= ? AND ts <= ?", (since, until)).fetchone()
             if max_rows is not None and n > max_rows:
                 raise DataError(
-                    f"the prediction log {path} holds {n:,} predictions in that window; at most {max_rows:,} "
-                    "are checked at once (monitor.max_batch_images): give a shorter --since"
+                    f"the prediction log {logdb.describe(path)} holds {n:,} predictions in that window; "
+                    f"at most {max_rows:,} are checked at once (monitor.max_batch_images): give a shorter --since"
                 )
-            has_feedback = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'feedback'").fetchone()
+            has_feedback = logdb.has_feedback(db)
             truth = "COALESCE(f.label, -1)" if has_feedback else "-1"
             joined = "LEFT JOIN feedback f ON f.pid = p.pid" if has_feedback else ""
             rows = db.execute(
@@ -272,13 +250,21 @@ def read(
                 f"FROM predictions p {joined} WHERE p.ts >= ? AND p.ts <= ? ORDER BY p.id",
                 (since, until),
             ).fetchall()
-    except sqlite3.Error as exc:
+    except logdb.errors() as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if logdb.is_url(path):
+            raise DataError(
+                f"the prediction log's database {logdb.describe(path)} cannot be read ({first}): "
+                "start it, or point serve.prediction_log at the servers' log"
+            ) from None
         raise DataError(
-            f"{path} is not a prediction log of mnistops serve ({exc}): point serve.prediction_log at its file"
+            f"{logdb.describe(path)} is not a prediction log of mnistops serve ({first}): "
+            "point serve.prediction_log at its file or database"
         ) from None
     if any(len(r[2]) != 784 for r in rows):
-        raise DataError(f"{path} holds images that are not 784 bytes: it is not a prediction log of mnistops serve")
-    images = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.uint8).reshape(len(rows), 28, 28)
+        where = logdb.describe(path)
+        raise DataError(f"{where} holds images that are not 784 bytes: it is not a prediction log of mnistops serve")
+    images = np.frombuffer(b"".join(bytes(r[2]) for r in rows), dtype=np.uint8).reshape(len(rows), 28, 28)
     return {
         "ts": np.array([r[0] for r in rows]),
         "version": np.array([r[1] for r in rows]),
@@ -291,17 +277,17 @@ def read(
     }
 
 
-def newest_since(path: Path, n: int) -> float:
+def newest_since(path: Target, n: int) -> float:
     """The time from which the log holds its ``n`` newest predictions (0 when it holds fewer)."""
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)) as db:
+    with logdb.connect(path, readonly=True) as db:
         row = db.execute("SELECT ts FROM predictions ORDER BY id DESC LIMIT 1 OFFSET ?", (n - 1,)).fetchone()
     return float(row[0]) if row else 0.0
 
 
-def lookup(path: Path, pid: str) -> dict[str, Any] | None:
+def lookup(path: Target, pid: str) -> dict[str, Any] | None:
     """One prediction by its id: ``ts``, ``model``, ``version``, ``label``, ``confidence``,
     ``endpoint`` and ``truth`` (-1 without feedback); None when the log does not hold it."""
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)) as db:
+    with logdb.connect(path, readonly=True) as db:
         row = db.execute(
             "SELECT p.ts, p.model, p.version, p.label, p.confidence, p.endpoint, COALESCE(f.label, -1) "
             "FROM predictions p LEFT JOIN feedback f ON f.pid = p.pid WHERE p.pid = ?",
@@ -313,18 +299,22 @@ def lookup(path: Path, pid: str) -> dict[str, Any] | None:
     return dict(zip(keys, row, strict=True))
 
 
-def production_log(serve: Any, tracking_uri: str) -> Path | None:
+def production_log(serve: Any, tracking_uri: str) -> Target | None:
     """The prediction log ``serve.prediction_log`` names, when it exists (the gate replays it)."""
     if not serve.prediction_log:
         return None
     path = resolve_log(serve.prediction_log, tracking_uri)
-    return path.resolve() if path.is_file() else None
+    if logdb.is_url(path):
+        return path
+    return Path(path).resolve() if logdb.exists(path) else None
 
 
-def resolve_log(path: str, tracking_uri: str) -> Path:
-    """The prediction log ``path`` names: as given when it exists there, else (a relative path) the
-    same name beside a SQLite store, where ``mnistops serve`` started in the project's root keeps
-    it (a notebook's kernel runs in notebooks/)."""
+def resolve_log(path: str, tracking_uri: str) -> Target:
+    """The prediction log ``path`` names: a PostgreSQL URL as it is; a file as given when it exists
+    there, else (a relative path) the same name beside a SQLite store, where ``mnistops serve``
+    started in the project's root keeps it (a notebook's kernel runs in notebooks/)."""
+    if logdb.is_url(path):
+        return path
     given = Path(path)
     if given.exists() or given.is_absolute() or not tracking_uri.startswith("sqlite:///"):
         return given
@@ -348,7 +338,7 @@ class AlreadyLabeledError(LookupError):
         self.ids = ids
 
 
-def add_feedback(path: Path, items: list[tuple[str, int, bool]]) -> list[tuple[int, int]]:
+def add_feedback(path: Target, items: list[tuple[str, int, bool]]) -> list[tuple[int, int]]:
     """Store each ``(prediction id, true label, replace)``, all or none; return each prediction's
     ``(predicted, true)`` labels.
 
@@ -359,8 +349,8 @@ def add_feedback(path: Path, items: list[tuple[str, int, bool]]) -> list[tuple[i
     ids = [pid for pid, _, _ in items]
     marks = ",".join("?" * len(ids))
     now = time.time()
-    with contextlib.closing(sqlite3.connect(path, timeout=10.0, isolation_level=None)) as db:
-        db.execute("BEGIN IMMEDIATE")  # the check and the insert as one: two clients cannot both be first
+    with logdb.connect(path, autocommit=False) as db:
+        db.take_feedback()  # the check and the insert as one: two clients cannot both be first
         try:
             predicted = dict(db.execute(f"SELECT pid, label FROM predictions WHERE pid IN ({marks})", ids).fetchall())
             unknown = [pid for pid in ids if pid not in predicted]
@@ -371,22 +361,24 @@ def add_feedback(path: Path, items: list[tuple[str, int, bool]]) -> list[tuple[i
             if taken:
                 raise AlreadyLabeledError(taken)
             db.executemany(
-                "INSERT OR REPLACE INTO feedback (pid, label, ts) VALUES (?, ?, ?)",
+                "INSERT INTO feedback (pid, label, ts) VALUES (?, ?, ?) "
+                "ON CONFLICT (pid) DO UPDATE SET label = excluded.label, ts = excluded.ts",
                 [(pid, label, now) for pid, label, _ in items],
             )
-            db.execute("COMMIT")
+            db.commit()
         except BaseException:
-            db.execute("ROLLBACK")
+            db.rollback()
             raise
     return [(int(predicted[pid]), label) for pid, label, _ in items]
 
 
-def live_accuracy(path: Path, window: int = 1000) -> tuple[float | None, int]:
+def live_accuracy(path: Target, window: int = 1000) -> tuple[float | None, int]:
     """The share of the ``window`` most recently labeled predictions that the model got right,
     and how many that is (``None, 0`` before any label)."""
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)) as db:
+    with logdb.connect(path, readonly=True) as db:
         rows = db.execute(
-            "SELECT p.label = f.label FROM feedback f JOIN predictions p ON p.pid = f.pid ORDER BY f.ts DESC LIMIT ?",
+            "SELECT CASE WHEN p.label = f.label THEN 1 ELSE 0 END FROM feedback f "
+            "JOIN predictions p ON p.pid = f.pid ORDER BY f.ts DESC LIMIT ?",
             (window,),
         ).fetchall()
     if not rows:
