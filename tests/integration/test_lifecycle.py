@@ -246,7 +246,7 @@ def _commands(workflow: dict[str, Any], program: str) -> list[list[str]]:
     out = []
     for job in workflow["jobs"].values():
         for step in job["steps"]:
-            for line in str(step.get("run", "")).splitlines():
+            for line in str(step.get("run", "")).replace("\\\n", " ").splitlines():  # continued lines joined
                 words = line.split("|")[0].split(">>")[0].split()
                 if words[:1] == [program]:
                     out.append(words[1:])
@@ -266,9 +266,13 @@ def test_workflow_runs_only_commands_that_exist() -> None:
     steps = [str(s.get("run", "")) for j in workflow["jobs"].values() for s in j["steps"]]
     assert any("pytest --nbval-lax notebooks" in s for s in steps)  # CI validates the notebooks
     assert any("-c requirements.txt" in s for s in steps)  # with the locked versions
-    (batch,) = _commands(workflow, "run_notebooks.py")
+    batch, weekly = _commands(workflow, "run_notebooks.py")
     args = parse_options(batch)  # the runner accepts what CI passes
     assert args.pairs == [("promote", "True")] and args.as_json
+    retrain = parse_options(weekly)  # the closed loop, weekly, against the team's server (docs/loop.md)
+    assert retrain.only == ["06", "07"] and retrain.pairs[:2] == [("since", "7d"), ("promote", "True")]
+    assert "schedule" in triggers and "schedule" in workflow["jobs"]["retrain"]["if"]
+    assert workflow["jobs"]["test"]["if"] == "github.event_name != 'schedule'"
     commands = _commands(workflow, "mnistops")
     assert ["data", "fetch"] in commands and ["runs", "list", "--limit", "10"] in commands
     for words in commands:
