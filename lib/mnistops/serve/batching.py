@@ -1,10 +1,15 @@
 """Concurrent requests answered by one model call.
 
 A forest answers eight images in about the time it answers one: most of a call is walking the
-trees in Python and starting the work, not the images. So requests that arrive within a few
-milliseconds of each other are stacked and predicted together, on a worker thread (the event loop
-keeps taking requests meanwhile), and each gets its own rows back with the model that answered.
-One batch runs at a time; the next gathers while it runs.
+trees in Python and starting the work, not the images. So requests that arrive together are
+stacked and predicted together, on a worker thread (the event loop keeps taking requests
+meanwhile), and each gets its own rows back with the model that answered. One batch runs at a
+time; the next gathers while it runs.
+
+The wait adapts to the load, as Triton's and BentoML's adaptive batching do: a request that finds
+the server idle (nothing else waiting) is predicted at once, with no wait at all; when requests
+are queuing, a batch takes every one that is waiting and then gathers for up to ``wait_s`` more,
+up to ``max_images`` images (the queue-delay bound and the maximum batch).
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ class _Pending:
 
 
 class MicroBatcher:
-    """Gathers ``uint8 (n, 28, 28)`` requests for up to ``wait_s`` seconds or ``max_images``
-    images, then calls ``predict(model, images)`` once for all of them, on ``executor`` (default:
-    the event loop's own)."""
+    """Gathers ``uint8 (n, 28, 28)`` requests (every one waiting; under load, for up to ``wait_s``
+    seconds more) up to ``max_images`` images, then calls ``predict(model, images)`` once for all
+    of them, on ``executor`` (default: the event loop's own). ``batches`` and ``waits`` count the
+    model calls and the calls that waited for more requests."""
 
     def __init__(
         self,
@@ -45,6 +51,7 @@ class MicroBatcher:
         self.max_images, self.wait_s = max_images, wait_s
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
+        self.batches = self.waits = 0
 
     def start(self) -> None:
         """Start gathering (on the running event loop)."""
@@ -67,22 +74,32 @@ class MicroBatcher:
         await self.queue.put(_Pending(images, future))
         return await future
 
+    async def _gather(self) -> list[_Pending]:
+        """The next batch: the first request, every one waiting behind it, and (only when some
+        were waiting: the server is under load) those arriving within ``wait_s``."""
+        loop = asyncio.get_running_loop()
+        batch = [await self.queue.get()]
+        size = len(batch[0].images)
+        while size < self.max_images and not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+            size += len(batch[-1].images)
+        if len(batch) == 1 or self.wait_s <= 0:
+            return batch  # idle: answer now
+        self.waits += 1
+        deadline = loop.time() + self.wait_s
+        while size < self.max_images and (timeout := deadline - loop.time()) > 0:
+            try:
+                batch.append(await asyncio.wait_for(self.queue.get(), timeout))
+            except TimeoutError:
+                break
+            size += len(batch[-1].images)
+        return batch
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self.queue.get()]
-            size = len(batch[0].images)
-            deadline = loop.time() + self.wait_s
-            while size < self.max_images:
-                timeout = deadline - loop.time()
-                if timeout <= 0:
-                    break
-                try:
-                    nxt = await asyncio.wait_for(self.queue.get(), timeout)
-                except TimeoutError:
-                    break
-                batch.append(nxt)
-                size += len(nxt.images)
+            batch = await self._gather()
+            self.batches += 1
             model = self.current()  # one model for the whole batch, even if a new one arrives
             try:
                 stacked = np.concatenate([p.images for p in batch])
