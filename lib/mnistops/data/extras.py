@@ -10,7 +10,7 @@ A config's ``data.extra`` lists feedback sets to train on beside the base datase
 images are appended to the base's rows as **training rows only**: the base is split exactly as
 without them, so the held-out rows, and a gate's comparison with a champion trained on the base
 alone, stay the same. The joined dataset has a fingerprint of its own, made from its parents'
-(:func:`joined_fingerprint`), and the run records the parents (:func:`lineage`).
+(:func:`joined_fingerprint`), and names them in :attr:`Dataset.parents`, which the run records.
 """
 
 from __future__ import annotations
