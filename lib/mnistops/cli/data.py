@@ -150,7 +150,8 @@ def data_from_log(
     become training rows, and the run names it (and the window) among its data's parents.
     """
     from mnistops.config import load_config
-    from mnistops.monitor.production import from_log, open_log
+    from mnistops.monitor.production import from_log
+    from mnistops.tracking.predlog import open_log
     from mnistops.tracking.store import resolve_uri
 
     cfg = load_config(config, set_ or [])

@@ -99,7 +99,8 @@ def runs_lineage(
 ) -> None:
     """Where a served prediction came from and went: the version that answered it, that version's
     run and data (fingerprint and parents), its feedback, and the runs that trained on it."""
-    from mnistops.monitor.production import lineage, open_log
+    from mnistops.monitor.production import lineage
+    from mnistops.tracking.predlog import open_log
 
     cfg, uri = open_store(config, set_, write=False)
     found = lineage(uri, open_log(cfg.serve.prediction_log, uri), prediction_id)

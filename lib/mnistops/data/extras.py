@@ -66,8 +66,11 @@ def set_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
     return data_fingerprint(images, labels.astype(np.int64) & 0xFF, np.ones(len(labels), bool))
 
 
-def write(path: Path, images: np.ndarray, labels: np.ndarray, prediction_ids: np.ndarray, meta: dict[str, Any]) -> str:
-    """Write a feedback set to ``path`` (``.npz``) whole or not at all; return its fingerprint.
+def write(
+    path: Path, images: np.ndarray, labels: np.ndarray, prediction_ids: np.ndarray, meta: dict[str, Any]
+) -> dict[str, Any]:
+    """Write a feedback set to ``path`` (``.npz``) whole or not at all; return its meta record as
+    written (``meta`` with the format, the fingerprint and the count).
 
     Raises:
         DataError: the folder does not exist (it is not created) or cannot be written.
@@ -89,7 +92,7 @@ def write(path: Path, images: np.ndarray, labels: np.ndarray, prediction_ids: np
             )
     except OSError as exc:
         raise DataError(f"cannot write {path}: {exc.strerror or exc}; choose a folder you can write to") from None
-    return fingerprint
+    return meta
 
 
 def read(path: Path) -> FeedbackSet:

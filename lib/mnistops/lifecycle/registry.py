@@ -32,7 +32,7 @@ from mnistops.lifecycle import shadow
 from mnistops.lifecycle.alias_lock import alias_lock
 from mnistops.tracking import store
 from mnistops.tracking.logdb import Target
-from mnistops.tracking.runs import alias_version, run_config
+from mnistops.tracking.runs import alias_version, feedback_ids, run_config
 
 log = logging.getLogger(__name__)
 
@@ -225,9 +225,9 @@ def _promote(
         uris["champion"] = f"models:/{name}/{champion.version}"
     production = None
     if production_log is not None:
-        production = shadow.production_inputs(production_log, gate.replay_last, _trained_on(uri, run_id))
-    if production is not None and not len(production["truth"]):
-        production = None  # nothing logged that the candidate has not trained on
+        production = shadow.production_inputs(production_log, gate.replay_last, feedback_ids(uri, run_id))
+        if not len(production["truth"]):
+            production = None  # nothing logged that the candidate has not trained on
     decision.scores, probas = _score(uris, run_config(uri, run_id), production)
     if production_log is not None and production is not None:
         decision.replay = shadow.replay(probas, production["truth"], production_log, int(production["seen"]))
@@ -247,15 +247,6 @@ def _promote(
         if rolled_back:
             client.delete_model_version_tag(name, candidate.version, record.ROLLED_BACK)
     return decision
-
-
-def _trained_on(uri: str, run_id: str) -> set[str]:
-    """The ids of the served predictions a run trained on (its feedback sets), if any."""
-    from mnistops.tracking.runs import artifact_bytes
-
-    if record.DATA_PARENTS not in store.get_run(uri, run_id).data.tags:
-        return set()
-    return set(artifact_bytes(uri, run_id, record.FEEDBACK_IDS_ARTIFACT).decode().split())
 
 
 def _different_data(uri: str, run_id: str, champion: Any | None) -> str | None:

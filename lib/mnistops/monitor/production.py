@@ -26,16 +26,6 @@ from mnistops.tracking.logdb import Target
 WHEN = "%Y-%m-%dT%H:%M:%SZ"
 
 
-def open_log(path: str | None, tracking_uri: str) -> Target:
-    """The prediction log a config names (``serve.prediction_log``), which must exist."""
-    if not path:
-        raise MnistopsError("serve.prediction_log is not set: there is no prediction log to read")
-    log_path = predlog.resolve_log(path, tracking_uri)
-    if not logdb.exists(log_path):
-        raise MnistopsError(f"no prediction log at {log_path}: serve a model first (mnistops serve)")
-    return log_path if logdb.is_url(log_path) else Path(log_path).resolve()
-
-
 def from_log(
     log_path: Target, since: str, out: Path, labeled_only: bool = False, hold_back: float = 0.0
 ) -> dict[str, Any]:
@@ -51,11 +41,11 @@ def from_log(
     """
     if out.suffix != ".npz":
         raise DataError(f"{out} does not end in .npz: name the feedback set OUT.npz")
+    if not 0.0 <= hold_back < 1.0:
+        raise MnistopsError(f"--hold-back {hold_back} is not a share: give a number from 0 to below 1, e.g. 0.2")
     now = time.time()
     start = window_start(since, now)
     rows = predlog.read(log_path, since=start, until=now, max_rows=extras.MAX_IMAGES)
-    if not 0.0 <= hold_back < 1.0:
-        raise MnistopsError(f"--hold-back {hold_back} is not a share: give a number from 0 to below 1, e.g. 0.2")
     labeled = np.flatnonzero(rows["truth"] >= 0)
     held = labeled[len(labeled) - int(np.ceil(hold_back * len(labeled))) :] if hold_back else labeled[:0]
     keep = np.ones(len(rows["truth"]), bool) if not labeled_only else rows["truth"] >= 0
@@ -80,8 +70,7 @@ def from_log(
         "model_versions": versions,
         "made": time.strftime(WHEN, time.gmtime(now)),
     }
-    extras.write(out, images, labels, ids, meta)
-    return extras.read(out).meta
+    return extras.write(out, images, labels, ids, meta)
 
 
 def lineage(tracking_uri: str, log_path: Target, pid: str) -> dict[str, Any]:
@@ -94,7 +83,7 @@ def lineage(tracking_uri: str, log_path: Target, pid: str) -> dict[str, Any]:
     import json
 
     from mnistops.lifecycle.versions import resolve
-    from mnistops.tracking.runs import artifact_bytes, runs_with_tag
+    from mnistops.tracking.runs import feedback_ids, runs_with_tag
 
     pred = predlog.lookup(log_path, pid)
     if pred is None:
@@ -119,7 +108,7 @@ def lineage(tracking_uri: str, log_path: Target, pid: str) -> dict[str, Any]:
     out["trained_into"] = [
         {"run_id": r.info.run_id, "model_version": r.data.tags.get(record.MODEL_VERSION, "")}
         for r in runs_with_tag(tracking_uri, record.DATA_PARENTS)
-        if pid in artifact_bytes(tracking_uri, r.info.run_id, record.FEEDBACK_IDS_ARTIFACT).decode().split()
+        if pid in feedback_ids(tracking_uri, r.info.run_id)
     ]
     return out
 

@@ -223,13 +223,9 @@ def _from_log(
     path: str | None, since: str, model: Watched, tracking_uri: str, max_images: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     from mnistops.tracking import logdb
-    from mnistops.tracking.predlog import read, resolve_log
+    from mnistops.tracking.predlog import open_log, read
 
-    if not path:
-        raise MnistopsError("serve.prediction_log is not set: there is no prediction log to read")
-    log_path = resolve_log(path, tracking_uri)
-    if not logdb.exists(log_path):
-        raise MnistopsError(f"no prediction log at {log_path}: serve a model first (mnistops serve), or pass --batch")
+    log_path = open_log(path, tracking_uri, ", or pass --batch")
     now = time.time()
     start = window_start(since, now)
     rows = read(log_path, since=start, until=now, max_rows=max_images)

@@ -299,6 +299,19 @@ def lookup(path: Target, pid: str) -> dict[str, Any] | None:
     return dict(zip(keys, row, strict=True))
 
 
+def open_log(path: str | None, tracking_uri: str, otherwise: str = "") -> Target:
+    """The prediction log a config names (``serve.prediction_log``), which must exist; the error
+    ends with ``otherwise`` (what else the command could be given)."""
+    from mnistops.errors import MnistopsError
+
+    if not path:
+        raise MnistopsError("serve.prediction_log is not set: there is no prediction log to read")
+    log_path = resolve_log(path, tracking_uri)
+    if not logdb.exists(log_path):
+        raise MnistopsError(f"no prediction log at {log_path}: serve a model first (mnistops serve){otherwise}")
+    return log_path if logdb.is_url(log_path) else Path(log_path).resolve()
+
+
 def production_log(serve: Any, tracking_uri: str) -> Target | None:
     """The prediction log ``serve.prediction_log`` names, when it exists (the gate replays it)."""
     if not serve.prediction_log:

@@ -162,6 +162,13 @@ def artifact_bytes(uri: str, run_id: str, path: str) -> bytes:
             return f.read()
 
 
+def feedback_ids(uri: str, run_id: str) -> set[str]:
+    """The ids of the served predictions a run trained on (``data.extra``); none without extras."""
+    if record.DATA_PARENTS not in store.get_run(uri, run_id).data.tags:
+        return set()
+    return set(artifact_bytes(uri, run_id, record.FEEDBACK_IDS_ARTIFACT).decode().split())
+
+
 def runs_with_tag(uri: str, key: str) -> list[Any]:
     """Every run, in any experiment, that carries the tag ``key``, newest first."""
     c = store.client(uri)
