@@ -82,7 +82,8 @@ bench: install
 	$(BIN)/python benchmarks/bench_cache.py
 	$(BIN)/python benchmarks/bench_cnn.py
 	$(BIN)/python benchmarks/bench_notebooks.py
-	$(BIN)/python benchmarks/bench_serve.py
+	$(BIN)/python benchmarks/bench_forest.py
+	$(BIN)/python benchmarks/bench_serve.py  # needs wrk (apt-get install wrk)
 	$(BIN)/python benchmarks/bench_monitor.py
 	$(BIN)/python benchmarks/bench_sweep.py
 

@@ -106,7 +106,9 @@ class ServeConfig(_Strict):
     max_batch: int = Field(256, ge=1, le=100_000)  # images in one request (and in one model call)
     max_body_bytes: int = Field(1_000_000, ge=1_000)  # a larger request body is refused with 413
     max_image_pixels: int = Field(16_000_000, ge=784)  # an uploaded image larger than this is not decoded
-    batch_wait_ms: float = Field(2.0, ge=0, le=1000)  # under load, how long more requests are gathered
+    # Under load, how long a batch waits for more requests. 0: a batch is what queued while the last
+    # one ran (Triton's default); more pays only where a model call costs far more than its images.
+    batch_wait_ms: float = Field(0.0, ge=0, le=1000)
     threads: int = Field(4, ge=1, le=256)  # decoding, preprocessing and model calls, off the event loop
     poll_seconds: float = Field(10.0, gt=0)  # how often the champion alias is looked up
     admin_token: str | None = None  # bearer token for POST /admin/reload; None: disabled

@@ -47,6 +47,18 @@ class Store:
             check=False,
         )
 
+    def python(self, code: str) -> subprocess.CompletedProcess[str]:
+        """``python -c code`` in the store's folder, with its environment."""
+        return subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=self.work,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, **self.env},
+            check=False,
+        )
+
     def start(self, *args: str, **kwargs: Any) -> launch.Server:
         return launch.start(list(args), env=self.env, cwd=self.work, **kwargs)
 
@@ -144,6 +156,55 @@ def test_answers_agree_with_the_model_offline_and_are_counted_and_logged(trained
 
 
 @pytest.mark.xdist_group("serve")
+def test_the_packed_forest_answers_exactly_as_the_forest_on_the_whole_held_out_split(
+    trained: Store, mnist: Dataset
+) -> None:
+    """The server's fast path (mnistops.lifecycle.packed) against scikit-learn's own predict_proba
+    of the same registered version, on all 14,000 held-out images: the same bits."""
+    from mnistops.data.split import make_split
+    from mnistops.lifecycle import versions
+
+    held_out = mnist.images[make_split(mnist).test]
+    assert len(held_out) == 14_000
+    loaded = versions.load("models:/mnist-classifier/2", trained.uri)
+    assert loaded.packed is not None and len(loaded.packed.roots) == 40
+    fast = loaded.predict_proba(held_out)
+    model = loaded.pyfunc.unwrap_python_model()
+    features = versions._features(model, held_out)
+    reference = model.predict_proba(features)
+    assert np.array_equal(fast.argmax(axis=1), reference.argmax(axis=1))
+    assert np.abs(fast - reference).max() <= 1e-6
+    np.testing.assert_array_equal(fast, versions.forest_proba(versions._forest_of(model), features))
+    for n in (1, 7, 33, 300):  # a part of one lane group, several, a remainder, split over the cores
+        np.testing.assert_array_equal(loaded.predict_proba(held_out[:n]), fast[:n])
+
+    # Without numba (as if not installed): MLflow's own loading, and mnistops's, answer the same.
+    np.save(trained.work / "held_out_200.npy", held_out[:200])
+    code = (
+        "import sys, json, numpy as np\n"
+        "class NoNumba:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('numba', 'llvmlite'):\n"
+        '            raise ModuleNotFoundError(f"No module named {name!r}", name=name)\n'
+        "sys.meta_path.insert(0, NoNumba())\n"
+        "import mlflow\n"
+        "from mnistops.lifecycle import versions\n"
+        "images = np.load('held_out_200.npy')\n"
+        "frame = mlflow.pyfunc.load_model('models:/mnist-classifier/2').predict(images)\n"
+        f"ours = versions.load('models:/mnist-classifier/2', {trained.uri!r})\n"
+        "print(json.dumps({'packed': ours.packed is not None, 'numba': 'numba' in sys.modules,\n"
+        "    'stock': frame[[f'prob_{i}' for i in range(10)]].to_numpy().tolist(),\n"
+        "    'ours': ours.predict_proba(images).tolist()}))\n"
+    )
+    proc = trained.python(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    without = json.loads(proc.stdout.splitlines()[-1])
+    assert without["packed"] is False and without["numba"] is False
+    np.testing.assert_array_equal(without["ours"], fast[:200])
+    np.testing.assert_allclose(without["stock"], fast[:200], atol=1e-12)
+
+
+@pytest.mark.xdist_group("serve")
 def test_health_ready_model_page_and_image_upload(server: launch.Server, trained: Store, mnist: Dataset) -> None:
     assert server.get("/health") == {"status": "ok"}
     assert server.get("/ready") == {"status": "ready", "model": "mnist-classifier", "version": "1"}
@@ -238,6 +299,49 @@ BAD_UPLOADS = [
     ("form without file", "multipart/form-data; boundary=b", 422, "the form holds no file"),
     ("broken form", "multipart/form-data", 400, "the multipart form could not be read"),
 ]
+
+
+BAD_RAW = [
+    (b"", 422, "the body is empty: send n x 784 bytes"),
+    (bytes(785), 422, "the body is 785 bytes, not a multiple of 784"),
+    (bytes(784 * 257), 413, "257 images in one request; at most 256 (serve.max_batch)"),
+    (bytes(784 * 1276), 413, "the body is 1,000,384 bytes; at most 1,000,000 (serve.max_body_bytes)"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "detail"), BAD_RAW, ids=[d for _, _, d in BAD_RAW])
+@pytest.mark.xdist_group("serve")
+def test_bad_raw_pixels_get_a_4xx_that_says_what_was_wrong(
+    server: launch.Server, body: bytes, status: int, detail: str
+) -> None:
+    answer = server.post("/predict", body, content_type="application/octet-stream")
+    assert answer["status"] == status, answer
+    assert detail in answer["detail"], answer
+
+
+@pytest.mark.xdist_group("serve")
+def test_raw_pixels_get_the_json_answers_and_every_answer_says_where_its_time_went(
+    server: launch.Server, mnist: Dataset
+) -> None:
+    import httpx
+
+    images = mnist.images[-40:-30]
+    as_json = httpx.post(server.url + "/predict", content=json.dumps({"images": images.tolist()}), timeout=30)
+    raw = httpx.post(
+        server.url + "/predict",
+        content=images.tobytes(),
+        headers={"Content-Type": "application/octet-stream"},
+        timeout=30,
+    )
+    assert as_json.status_code == raw.status_code == 200
+    strip = [{k: v for k, v in p.items() if k != "prediction_id"} for p in raw.json()["predictions"]]
+    assert strip == [{k: v for k, v in p.items() if k != "prediction_id"} for p in as_json.json()["predictions"]]
+    assert len({p["prediction_id"] for p in raw.json()["predictions"]}) == 10  # each logged on its own
+    stages = dict(part.strip().split(";dur=") for part in raw.headers["server-timing"].split(","))
+    assert list(stages) == ["read", "parse", "wait", "model", "handoff", "log", "encode", "app"]
+    ms = {name: float(value) for name, value in stages.items()}
+    assert all(v >= 0 for v in ms.values()) and ms["model"] > 0
+    assert sum(v for k, v in ms.items() if k != "app") <= ms["app"]
 
 
 @pytest.mark.parametrize(("body", "status", "detail"), BAD_JSON, ids=[d for _, _, d in BAD_JSON])
@@ -389,17 +493,30 @@ def test_follows_the_champion_under_load_without_a_failed_request(trained: Store
 
 @pytest.mark.xdist_group("serve")
 def test_several_workers_share_the_port_and_sum_their_metrics(trained: Store, mnist: Dataset) -> None:
-    s = trained.start("--workers", "2", "--set", "serve.prediction_log=null")
+    """Two worker processes: the metrics are summed, every answer is in the one prediction log
+    (both write it), and a label sent for an answer is stored whichever worker answered it."""
+    s = trained.start("--workers", "2", "--set", "serve.prediction_log=workers.db")
     try:
         launch.wait_ready(s)
         body = json.dumps({"images": [mnist.images[0].tolist()]}).encode()
-        for _ in range(20):
-            assert s.post("/predict", body)["predictions"][0]["label"] == int(mnist.labels[0])
+        answers = [s.post("/predict", body)["predictions"][0] for _ in range(20)]
+        assert {a["label"] for a in answers} == {int(mnist.labels[0])}
+        labeled = [
+            s.post("/feedback", json.dumps({"prediction_id": a["prediction_id"], "label": 3}).encode())
+            for a in answers[:6]
+        ]
         text = s.get("/metrics")
     finally:
         assert s.stop() == 0
     assert metric(text, "mnistops_predictions_total") == 20
     assert metric(text, "mnistops_model_info") == 1  # one version answers, whichever the champion is
+    assert [a.get("stored") for a in labeled] == [1] * 6, labeled
+    assert metric(text, "mnistops_feedback_total") == 6
+    with sqlite3.connect(trained.work / "workers.db") as db:
+        logged = [row[0] for row in db.execute("SELECT pid FROM predictions")]
+        stored = db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
+    assert sorted(logged) == sorted(a["prediction_id"] for a in answers)
+    assert stored == 6
 
 
 @pytest.mark.xdist_group("serve")

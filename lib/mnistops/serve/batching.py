@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -31,13 +32,16 @@ log = logging.getLogger(__name__)
 class _Pending:
     images: np.ndarray
     future: asyncio.Future[tuple[np.ndarray, Any]]
+    timing: list[tuple[str, float]] | None
+    queued: float
 
 
 class MicroBatcher:
     """Gathers ``uint8 (n, 28, 28)`` requests (every one waiting; under load, for up to ``wait_s``
     seconds more) up to ``max_images`` images, then calls ``predict(model, images)`` once for all
-    of them, on ``executor`` (default: the event loop's own). ``batches`` and ``waits`` count the
-    model calls and the calls that waited for more requests."""
+    of them, on ``executor`` (default: the event loop's own), or on the event loop itself when
+    ``inline(model, images)`` says the call is cheap. ``batches`` and ``waits`` count the model
+    calls and the calls that waited for more requests."""
 
     def __init__(
         self,
@@ -46,8 +50,9 @@ class MicroBatcher:
         max_images: int = 256,
         wait_s: float = 0.002,
         executor: Executor | None = None,
+        inline: Callable[[Any, int], bool] = lambda model, images: False,
     ) -> None:
-        self.current, self.predict, self.executor = current, predict, executor
+        self.current, self.predict, self.executor, self.inline = current, predict, executor, inline
         self.max_images, self.wait_s = max_images, wait_s
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
@@ -68,10 +73,13 @@ class MicroBatcher:
             if not pending.future.done():
                 pending.future.set_exception(RuntimeError("the server is shutting down"))
 
-    async def submit(self, images: np.ndarray) -> tuple[np.ndarray, Any]:
-        """Probabilities ``(n, 10)`` for ``images`` and the model that gave them."""
-        future: asyncio.Future[tuple[np.ndarray, Any]] = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Pending(images, future))
+    async def submit(self, images: np.ndarray, timing: list[tuple[str, float]] | None = None) -> tuple[np.ndarray, Any]:
+        """Probabilities ``(n, 10)`` for ``images`` and the model that gave them. ``timing``, if
+        given, gets how long the request waited for its batch (``wait``) and the batch's model
+        call took (``model``), in seconds."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[np.ndarray, Any]] = loop.create_future()
+        await self.queue.put(_Pending(images, future, timing, time.perf_counter()))
         return await future
 
     async def _gather(self) -> list[_Pending]:
@@ -103,7 +111,10 @@ class MicroBatcher:
             model = self.current()  # one model for the whole batch, even if a new one arrives
             try:
                 stacked = np.concatenate([p.images for p in batch])
-                proba = await loop.run_in_executor(self.executor, self.predict, model, stacked)
+                if self.inline(model, len(stacked)):  # cheaper than the hop to a thread and back
+                    proba, started, took = self._timed(model, stacked)
+                else:
+                    proba, started, took = await loop.run_in_executor(self.executor, self._timed, model, stacked)
             except Exception as exc:
                 log.exception("prediction failed")
                 for p in batch:
@@ -114,5 +125,13 @@ class MicroBatcher:
             for p in batch:
                 rows = proba[start : start + len(p.images)]
                 start += len(p.images)
+                if p.timing is not None:
+                    p.timing += [("wait", max(0.0, started - p.queued)), ("model", took)]
                 if not p.future.done():
                     p.future.set_result((rows, model))
+
+    def _timed(self, model: Any, images: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """``predict(model, images)``, when it started and how long it took."""
+        started = time.perf_counter()
+        proba = self.predict(model, images)
+        return proba, started, time.perf_counter() - started

@@ -86,6 +86,16 @@ class Metrics:
             multiprocess_mode="mostrecent",
         )
 
+    def answered(self, labels: Any, confidence: Any) -> None:
+        """Count answered images by predicted class, and their confidences."""
+        import numpy as np
+
+        for label, count in enumerate(np.bincount(labels, minlength=10).tolist()):
+            if count:
+                self.predictions.labels(str(label)).inc(count)
+        for value in confidence.tolist():
+            self.confidence.observe(value)
+
     def model_loaded(self, new: Any, old: Any | None) -> None:
         """Point the model gauge at ``new`` (a LoadedModel), away from ``old``."""
         if old is not None:

@@ -86,8 +86,9 @@ class ServeState:
         self.metrics.drift.set(record.VERDICT_CODE.get(verdict or "", -1))
 
 
-def serve_state(request: Request) -> ServeState:
-    """The dependency: the state of the app that answers ``request``."""
+async def serve_state(request: Request) -> ServeState:
+    """The dependency: the state of the app that answers ``request`` (a coroutine: FastAPI runs a
+    plain function dependency on a worker thread, a hop that cost more than the model's call)."""
     state: ServeState = request.app.state.serve
     return state
 

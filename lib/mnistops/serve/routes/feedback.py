@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -42,10 +43,19 @@ async def feedback(request: Request, s: State) -> Any:
 
 def _store(log: predlog.PredictionLog, items: list[tuple[str, int, bool]]) -> list[tuple[int, int]]:
     """:func:`~mnistops.tracking.predlog.add_feedback`; an id not found yet may be an answer of a
-    moment ago that the log's writer still holds: once it has written what it holds, tried again."""
+    moment ago that a writer still holds: this process's is flushed, and another worker's (with
+    ``--workers N``) writes within :data:`~mnistops.tracking.predlog.GATHER_S`; the lookup is tried
+    again until twice that has passed, then the id is unknown."""
     try:
         return predlog.add_feedback(log.path, items)
     except predlog.UnknownPredictionError:
         if not log.flush():
             raise
-        return predlog.add_feedback(log.path, items)
+    deadline = time.monotonic() + 2 * predlog.GATHER_S
+    while True:
+        try:
+            return predlog.add_feedback(log.path, items)
+        except predlog.UnknownPredictionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(predlog.GATHER_S / 5)
