@@ -185,6 +185,7 @@ class SeedStore:
     batch: dict[str, Any]  # what `python run_notebooks.py --config configs/seed.yaml --json` printed
     batch_runs: list[dict[str, Any]]  # the store's runs (runs_in) right after the batch
     train: dict[str, Any]  # what `mnistops train --config configs/seed.yaml --force --json` printed then
+    batch_seconds: float  # the batch's wall time, the command's start to its end
 
 
 # A script that holds a SQLite database's write lock (BEGIN IMMEDIATE) for argv[2] seconds, saying when it has it.

@@ -52,6 +52,21 @@ def notebook_sha256(name: str) -> str:
     return f"mnistops.notebook.{name}.sha256"
 
 
+def notebook_key(name: str) -> str:
+    """The batch run's tag holding what notebook ``name`` ran on (:mod:`mnistops.runner.reuse`),
+    set once its executed copy is logged: a later batch with the same key reuses that copy."""
+    return f"mnistops.notebook.{name}.key"
+
+
+def notebook_reused_from(name: str) -> str:
+    """The batch run's tag naming the batch whose executed copy of ``name`` it reused."""
+    return f"mnistops.notebook.{name}.reused_from"
+
+
+BATCH_RESUMES = "mnistops.batch.resumes"  # the failed or killed batch this one resumed
+BATCH_FORCED = "mnistops.batch.forced"  # notebooks told to run even where they could be reused
+
+
 # --- sweeps ---------------------------------------------------------------------------------
 SWEEP_RUN_ID = "mnistops.sweep.run_id"
 SWEEP_TRIAL = "mnistops.sweep.trial"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,12 @@ def seed_store(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) ->
     20 s of CPU: the two doors were tested on two stores before, one more training in all."""
     work = tmp_path_factory.mktemp("seed")
     seed = str(ROOT / "configs" / "seed.yaml")
+    t0 = time.perf_counter()
     proc = run_batch(work, session_cache, "--config", seed, "--json")
+    batch_seconds = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-4000:]
     batch, batch_runs = json.loads(proc.stdout), runs_in(work)
     env = env_for(work, session_cache)
     proc = run_cli("train", "--config", seed, "--force", "--json", env=env, cwd=work, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return SeedStore(work, batch, batch_runs, json.loads(proc.stdout))
+    return SeedStore(work, batch, batch_runs, json.loads(proc.stdout), batch_seconds)

@@ -14,7 +14,7 @@ from mnistops.cli.app import app
 from mnistops.cli.common import run_guarded
 
 # The modules whose commands register on the app, in the order `mnistops --help` lists them.
-COMMANDS = ("data", "train", "serve", "sweep", "team", "monitor", "runs")
+COMMANDS = ("data", "train", "serve", "sweep", "team", "monitor", "runs", "notebooks")
 for _name in COMMANDS:
     importlib.import_module(f"mnistops.cli.{_name}")
 

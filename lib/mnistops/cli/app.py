@@ -20,8 +20,10 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Fetch, inspect, validate and export datasets.", no_args_is_help=True)
 runs_app = typer.Typer(help="List and compare tracked runs.", no_args_is_help=True)
+notebooks_app = typer.Typer(help="The notebook suite's batches (run them with run_notebooks.py).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
+app.add_typer(notebooks_app, name="notebooks")
 
 
 def _version(value: bool) -> None:

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mnistops.cli.common import run_guarded
+from mnistops.cli.app import notebooks_app
+from mnistops.cli.common import ConfigOpt, JsonOpt, SetOpt, emit_json, open_store, out_console, run_guarded
+from mnistops.errors import ConfigError
 
 if TYPE_CHECKING:
     from mnistops.runner.batch import BatchResult, NotebookRun
@@ -46,6 +48,8 @@ class BatchOptions:
     workers: int = 2
     scheduler: str | None = None
     verbose: bool = False
+    force: list[str] = field(default_factory=list)  # notebooks run even if reusable; ["all"]: every one
+    resume: str | None = None  # "latest" or a batch id
 
 
 def command(root: Path) -> typer.Typer:
@@ -55,7 +59,8 @@ def command(root: Path) -> typer.Typer:
     @app.command(
         help="Run the notebooks in order with papermill, record the batch in MLflow, keep each executed copy."
         "\n\n\b\nrun_notebooks.py [--config FILE] [--set KEY=VALUE ...] [-p NAME VALUE ...] [-f PARAMS.yaml]"
-        "\n                 [--only NAMES] [--out DIR] [--json] [--cell-timeout SECONDS]"
+        "\n                 [--only NAMES] [--force [NAMES]] [--resume [BATCH_ID]] [--out DIR] [--json]"
+        "\n                 [--cell-timeout SECONDS]"
         "\n                 [--grid GRID.yaml [--workers K | --scheduler ADDRESS]] [--notebooks DIR] [-v]",
         epilog="Exit codes: 0 every notebook ran; 1 a notebook failed; 2 a mistake in the command; "
         "130 Ctrl-C; 143 SIGTERM.",
@@ -71,6 +76,8 @@ def command(root: Path) -> typer.Typer:
             list[Path] | None, typer.Option("--parameters-file", "-f", metavar="PARAMS.yaml", help=_HELP["f"])
         ] = None,
         only: Annotated[list[str] | None, typer.Option("--only", metavar="NAMES", help=_HELP["only"])] = None,
+        force: Annotated[list[str] | None, typer.Option("--force", metavar="[NAMES]", help=_HELP["force"])] = None,
+        resume: Annotated[str | None, typer.Option("--resume", metavar="[BATCH_ID]", help=_HELP["resume"])] = None,
         out: Annotated[Path | None, typer.Option("--out", metavar="DIR", help=_HELP["out"])] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
         cell_timeout: Annotated[
@@ -98,6 +105,10 @@ _HELP = {
     "every notebook that declares NAME).",
     "f": "A YAML mapping of notebook parameters (repeatable; -p wins).",
     "only": "Run only these notebooks: names, file names or numbers, comma-separated or repeated.",
+    "force": "Run these notebooks (all, without NAMES) even where an earlier execution with the same inputs "
+    "could be reused.",
+    "resume": "Run a failed or killed batch again (default: the newest), with its own parameters: what "
+    "completed is reused, the rest runs.",
     "out": "Where the executed copies go (default: outputs/ beside run_notebooks.py).",
     "notebooks": "The notebook folder (default: notebooks/ beside run_notebooks.py).",
     "grid": "Run the batch once per point of a grid: a YAML mapping of parameter names to lists, crossed.",
@@ -114,7 +125,8 @@ def parse_options(argv: Sequence[str], root: Path = Path()) -> BatchOptions:
 
 def _joined(argv: Sequence[str]) -> list[str]:
     """``-p NAME VALUE`` as ``-p NAME=VALUE``: the command line takes a parameter's name and value as
-    two words (as papermill's ``-p`` does), the option parser one value per option."""
+    two words (as papermill's ``-p`` does), the option parser one value per option. ``--force`` and
+    ``--resume`` may stand alone: they then get ``all`` and ``latest``."""
     out: list[str] = []
     words = list(argv)
     while words:
@@ -123,6 +135,8 @@ def _joined(argv: Sequence[str]) -> list[str]:
         if word in ("-p", "--parameter") and len(words) >= 2:
             name, value = words.pop(0), words.pop(0)
             out.append(f"{name}={value}")
+        elif word in ("--force", "--resume") and (not words or words[0].startswith("-")):
+            out.append("all" if word == "--force" else "latest")
     return out
 
 
@@ -134,6 +148,8 @@ def _options(p: dict[str, Any]) -> BatchOptions:
         pairs=[(pair.split("=", 1)[0], pair.split("=", 1)[1]) for pair in p["pairs"] or []],
         files=p["files"] or [],
         only=[n.strip() for item in p["only"] or [] for n in item.split(",") if n.strip()],
+        force=[n.strip() for item in p["force"] or [] for n in item.split(",") if n.strip()],
+        resume=p["resume"],
         out=p["out"],
         as_json=p["as_json"],
         cell_timeout=p["cell_timeout"],
@@ -169,7 +185,7 @@ def run(root: Path, opts: BatchOptions) -> int:
     """Build the batch (or the grid of batches) and run it; return the exit code."""
     from mnistops.config import load_config, notebook_mapping
     from mnistops.runner import batch, params
-    from mnistops.runner.notebooks import discover
+    from mnistops.runner.notebooks import check_needs, discover
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     folder = opts.notebooks or root / "notebooks"
@@ -177,17 +193,63 @@ def run(root: Path, opts: BatchOptions) -> int:
     # Without --config, the training notebook's own defaults are the base (as the file would be).
     base = None if opts.config is not None else params.base_config_values(discover(folder))
     cfg = load_config(opts.config, opts.sets, base=notebook_mapping(base) if base else None)
-    plan = params.plan(notebooks, cfg, opts.files, opts.pairs)
+    _check_force(opts.force, notebooks)
+    tags: dict[str, str] = {}
+    if opts.resume is not None:
+        notebooks, plan, tags = _resumed(folder, cfg, opts)
+    else:
+        plan = params.plan(notebooks, cfg, opts.files, opts.pairs)
+    check_needs(notebooks, plan)
     if opts.grid is not None:
         return _run_grid(notebooks, folder, plan, cfg, root, opts)
     progress: Any = batch.NullProgress() if opts.as_json else RichBatchProgress()
     failure: batch.BatchFailed | None = None
     with progress if isinstance(progress, RichBatchProgress) else contextlib.nullcontext():
         try:
-            result = batch.run_batch(notebooks, plan, cfg, opts.out or root / "outputs", progress, opts.cell_timeout)
+            result = batch.run_batch(
+                notebooks,
+                plan,
+                cfg,
+                opts.out or root / "outputs",
+                progress,
+                opts.cell_timeout,
+                extra_tags=tags,
+                reuse=True,
+                force=opts.force,
+            )
         except batch.BatchFailed as exc:
             failure, result = exc, exc.result
     return _report(result, failure, opts.as_json, _summary)
+
+
+def _check_force(force: list[str], notebooks: list[Any]) -> None:
+    names = {nb.name for nb in notebooks} | {nb.name[:2] for nb in notebooks}
+    for name in force:
+        if name != "all" and name.removesuffix(".ipynb") not in names:
+            listed = ", ".join(nb.name for nb in notebooks)
+            raise ConfigError(f"--force {name}: no notebook of this batch has that name: choose from {listed}")
+    force[:] = [
+        next((nb.name for nb in notebooks if n.removesuffix(".ipynb") in (nb.name, nb.name[:2])), n) for n in force
+    ]
+
+
+def _resumed(folder: Path, cfg: Any, opts: BatchOptions) -> tuple[list[Any], dict[str, dict[str, Any]], dict[str, str]]:
+    """The notebooks and parameters of the batch ``--resume`` names, and the tag that links to it."""
+    from mnistops import record
+    from mnistops.runner import reuse
+    from mnistops.runner.notebooks import discover
+    from mnistops.tracking import store
+
+    if opts.pairs or opts.files or opts.only or opts.grid is not None:
+        raise ConfigError(
+            "--resume runs the batch with its own notebooks and parameters: drop -p, -f, --only and --grid"
+        )
+    uri = store.absolute_uri(store.resolve_uri(cfg.tracking.uri))
+    store.check_store(uri, create=False, write=True, timeout=cfg.tracking.timeout)
+    run = reuse.resumable(uri, cfg.tracking.experiment, None if opts.resume == "latest" else opts.resume)
+    names, plan, forced = reuse.resumed_parameters(uri, run)
+    opts.force[:] = sorted(set(opts.force) | set(forced))
+    return discover(folder, names), plan, {record.BATCH_RESUMES: run.info.run_id}
 
 
 def _run_grid(
@@ -281,7 +343,12 @@ class RichBatchProgress:
 
     def notebook_finished(self, run: NotebookRun) -> None:
         """Close the notebook's line with its outcome."""
-        mark = {"completed": "[green]✓[/]", "failed": "[red]✗[/]", "killed": "[yellow]■[/]"}.get(run.status, "?")
+        mark = {
+            "completed": "[green]✓[/]",
+            "cached": "[cyan]↺[/]",
+            "failed": "[red]✗[/]",
+            "killed": "[yellow]■[/]",
+        }.get(run.status, "?")
         if self.progress is not None and run.name in self.tasks:
             task = self.progress.tasks[self.tasks[run.name]]
             done = task.total if run.status == "completed" else task.completed
@@ -298,12 +365,13 @@ def _summary(result: BatchResult) -> None:
     table = Table(title=f"notebook batch {result.run_id} ({result.status})")
     for col in ("notebook", "status", "seconds", "executed copy"):
         table.add_column(col, justify="right" if col == "seconds" else "left")
-    colours = {"completed": "green", "failed": "red", "killed": "yellow"}
+    colours = {"completed": "green", "cached": "cyan", "failed": "red", "killed": "yellow"}
     for nb in result.notebooks:
         colour = colours.get(nb.status, "dim")
+        reused = f" (batch {nb.reused_from[:12]})" if nb.reused_from else ""
         table.add_row(
             nb.name,
-            f"[{colour}]{nb.status}[/]",
+            f"[{colour}]{nb.status}{reused}[/]",
             "" if nb.seconds is None else f"{nb.seconds:.1f}",
             _relative(nb.html or nb.ipynb or ""),
         )
@@ -366,3 +434,37 @@ def _grid_summary(result: Any) -> None:
     from mnistops.tracking import store
 
     out.print(store.ui_hint(result.tracking_uri, run_id=result.run_id), highlight=False, soft_wrap=True)
+
+
+@notebooks_app.command("diff")
+def notebooks_diff(
+    batch_a: Annotated[str, typer.Argument(metavar="BATCH_A", help="A notebook batch run (id or unique prefix).")],
+    batch_b: Annotated[str, typer.Argument(metavar="BATCH_B", help="The batch to compare it with.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", metavar="FILE.html", help="The page (default: ./notebook-diff-A-B.html).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What changed between two executed suites: parameters, metrics, checked outputs, and each
+    notebook's differences (nbdime), as a table and an HTML page that opens offline."""
+    from mnistops.runner import diff
+
+    _, uri = open_store(config, set_, write=False)
+    result = diff.diff_batches(uri, batch_a, batch_b)
+    page = diff.write_html(result, out or Path(f"notebook-diff-{result.a[:8]}-{result.b[:8]}.html"))
+    if as_json:
+        emit_json({**result.to_dict(), "html": str(page)})
+        return
+    console = out_console()
+    console.print(f"batch {result.a} -> {result.b}", highlight=False)
+    for name, (a, b) in result.parameters.items():
+        console.print(f"  parameter {name}: {a} -> {b}", highlight=False)
+    for name, (x, y) in result.metrics.items():
+        console.print(f"  metric {name}: {diff.num(x)} -> {diff.num(y)} ({diff.delta(x, y)})", highlight=False)
+    for nb in result.notebooks:
+        what = f"only in {'B' if nb.missing == 'a' else 'A'}" if nb.missing else f"{nb.changed_cells} cells changed"
+        checked = f", checked outputs changed in cells {nb.checked_changed}" if nb.checked_changed else ""
+        console.print(f"  {nb.name}: {what}{checked}", highlight=False)
+    console.print(f"page  {page}", highlight=False)

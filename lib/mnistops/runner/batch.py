@@ -24,6 +24,7 @@ What happens, in order:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -62,8 +63,9 @@ class NotebookRun:
     """How one notebook of the batch went."""
 
     name: str
-    status: str = "pending"  # pending, running, completed, failed, killed, not run
+    status: str = "pending"  # pending, running, completed, cached, failed, killed, not run
     seconds: float | None = None
+    reused_from: str | None = None  # cached: the batch run whose executed copy this is
     ipynb: str | None = None
     html: str | None = None
     error: str | None = None
@@ -215,6 +217,8 @@ def run_batch(
     grace: float = 20.0,
     cwd: Path | None = None,
     extra_tags: dict[str, str] | None = None,
+    reuse: bool = False,
+    force: Sequence[str] = (),
 ) -> BatchResult:
     """Run ``notebooks`` in order, each with its ``parameters``, recorded as one MLflow run.
 
@@ -230,6 +234,8 @@ def run_batch(
         cwd: the kernels' working directory (default: this process's).
         extra_tags: more tags of the batch run (a grid nests it under the grid's run with
             ``mlflow.parentRunId``).
+        reuse: reuse the executed copy of a notebook whose inputs equal an earlier execution's
+            in the same store (:mod:`mnistops.runner.reuse`), except those named in ``force``.
 
     Raises:
         BatchFailed: a notebook failed (its message is one line); the batch run ended FAILED.
@@ -237,6 +243,8 @@ def run_batch(
     """
     threadsafe_ast.install()  # this process parses on several threads from here on
     batch = _Batch(notebooks, parameters, cfg, progress or NullProgress(), cell_timeout, start_timeout, grace)
+    batch.reuse, batch.force = reuse, set(force)
+    batch.resumes = (extra_tags or {}).get(record.BATCH_RESUMES)
     make_out_base(out_base)
     with contextlib.ExitStack() as stack:
         batch.work = Path(stack.enter_context(processes.temporary_directory("batch")))
@@ -244,12 +252,19 @@ def run_batch(
         batch.warm = stack.enter_context(ThreadPoolExecutor(2, thread_name_prefix="mnistops-batch-warm"))
         stack.callback(_shutdown_all, batch.kernels)
         # The first kernels boot and import their libraries while this process imports MLflow
-        # and opens the store: on two cores, both are done in the time of the longer one.
-        batch.start_kernels(upto=2, cwd=cwd or Path.cwd())
-        batch.io.submit(_warm_html)
+        # and opens the store: on two cores, both are done in the time of the longer one. Where
+        # notebooks may be reused, the store says first which ones run.
+        if not reuse:
+            batch.start_kernels(upto=2, cwd=cwd or Path.cwd())
+        if not reuse:
+            batch.io.submit(_warm_html)
         store.check_store(batch.uri, timeout=cfg.tracking.timeout)
         housekeeping.tidy(batch.uri)
+        if reuse:
+            batch.plan_reuse(cfg.tracking.experiment)
         tags = {**batch_tags(notebooks, cfg), **(extra_tags or {})}
+        if force:
+            tags[record.BATCH_FORCED] = ",".join(force)
         run = stack.enter_context(store.tracked_run(batch.uri, cfg.tracking.experiment, tags[record.RUN_NAME], tags))
         log.info("batch run %s opened in %s", run.info.run_id, batch.uri)
         gc_phases.resume()  # start-up is over (see gc_phases)
@@ -290,19 +305,64 @@ class _Batch:
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "PYDEVD_DISABLE_FILE_VALIDATION": "1",
         }
-        self.kernels: list[Kernel] = []
+        self.kernels: dict[int, Kernel] = {}
+        self.reuse, self.force = False, set[str]()
+        self.resumes: str | None = None  # the batch run this one resumes
+        self.experiment_id = ""
+        self.lock_sha256 = ""
+        self.decided: dict[int, tuple[str, str | None]] = {}  # notebook index: (key, batch to reuse)
         self.logged: list[Future[None]] = []
         self.work = Path()
         self.io: ThreadPoolExecutor
         self.warm: ThreadPoolExecutor
 
     def start_kernels(self, upto: int, cwd: Path) -> None:
-        """Make sure the kernels of notebooks ``0..upto`` are started; they warm up in run order,
-        two at a time."""
-        while len(self.kernels) <= min(upto, len(self.notebooks) - 1):
-            kernel = Kernel(self.work, len(self.kernels), cwd, self.env)
-            kernel.warm_up(self.warm, self.start_timeout, warm_modules(self.notebooks[len(self.kernels)]))
-            self.kernels.append(kernel)
+        """Make sure the kernels of notebooks ``0..upto`` are started (not those known to be
+        reused); they warm up in run order, two at a time."""
+        for i in range(min(upto, len(self.notebooks) - 1) + 1):
+            if i in self.kernels or self._reused(i) is not None:
+                continue
+            if not self.kernels and self.reuse:  # the first notebook to run: nbconvert will be needed
+                self.io.submit(_warm_html)
+            kernel = Kernel(self.work, i, cwd, self.env)
+            kernel.warm_up(self.warm, self.start_timeout, warm_modules(self.notebooks[i]))
+            self.kernels[i] = kernel
+
+    def plan_reuse(self, experiment: str) -> None:
+        """Decide, before any kernel starts, which of the first notebooks are reused: each in turn
+        while its inputs are known (what it is handed on comes from notebooks reused before it)."""
+        store.ensure_experiment(self.uri, experiment)
+        self.experiment_id = store.client(self.uri).get_experiment_by_name(experiment).experiment_id
+        self.lock_sha256 = hashlib.sha256(provenance.environment_lock().encode()).hexdigest()
+        values: dict[str, str] = {}
+        for i, nb in enumerate(self.notebooks):
+            if any(v not in values and p not in self.parameters.get(nb.name, {}) for p, v in nb.takes.items()):
+                return  # it takes a value from a notebook that runs: decided in its turn
+            _, source = self._decide(i, values)
+            if source is None:
+                return
+            values.update(_made(self.uri, source, nb))
+
+    def _decide(self, i: int, values: dict[str, str]) -> tuple[str, str | None]:
+        """Notebook ``i``'s key, and the batch run whose executed copy it reuses (None: it runs)."""
+        from mnistops.runner import reuse
+
+        if i not in self.decided:
+            nb = self.notebooks[i]
+            params = self._params_with(nb, "", values)
+            key = reuse.notebook_key(nb, params, self.lock_sha256)
+            # A value it takes that nothing gave (--only 04 -p run_id ""): not an input a key can hold.
+            unknown_input = any(not params.get(p) for p in nb.takes)
+            forced = nb.name in self.force or "all" in self.force
+            if not self.reuse or unknown_input or (forced and not self.resumes):
+                self.decided[i] = (key, None)
+            else:  # a forced notebook of a resumed batch: only what that batch itself completed
+                within = self.resumes if forced else None
+                self.decided[i] = (key, reuse.find(self.uri, self.experiment_id, nb.name, key, within))
+        return self.decided[i]
+
+    def _reused(self, i: int) -> str | None:
+        return self.decided[i][1] if i in self.decided else None
 
     def run(self, run_id: str, out_base: Path, stop: _Stop, cwd: Path) -> BatchResult:
         when = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -321,6 +381,11 @@ class _Batch:
             t_batch = time.perf_counter()
             for i, nb in enumerate(self.notebooks):
                 stop.check()
+                if self.reuse:
+                    _, source = self._decide(i, _values(result))
+                    if source is not None:
+                        self._reuse_one(i, nb, result, out_dir, source)
+                        continue
                 self.start_kernels(upto=i + 2, cwd=cwd)  # two kernels ahead of the running notebook
                 self._run_one(i, nb, result, out_dir, stop)
             _finish_logging(self.logged)
@@ -333,12 +398,45 @@ class _Batch:
                     rec.status = "not run"
 
     def _params(self, nb: Notebook, result: BatchResult) -> dict[str, Any]:
+        return self._params_with(nb, result.run_id, _values(result))
+
+    def _params_with(self, nb: Notebook, batch_run_id: str, values: dict[str, str]) -> dict[str, Any]:
+        """What ``nb`` is given: its planned values, the batch run's id where it declares
+        ``batch_run_id``, and the values it takes from earlier notebooks (a ``-p`` value wins)."""
         params = dict(self.parameters.get(nb.name, {}))
         if "batch_run_id" in nb.parameters:
-            params["batch_run_id"] = result.run_id
-        if "run_id" in nb.parameters and result.training_run_id and "run_id" not in params:
-            params["run_id"] = result.training_run_id
+            params["batch_run_id"] = batch_run_id
+        for param, value in nb.takes.items():
+            if value in values and param not in params:
+                params[param] = values[value]
         return params
+
+    def _reuse_one(self, i: int, nb: Notebook, result: BatchResult, out_dir: Path, source: str) -> None:
+        """Notebook ``i`` not run again: the executed copy of batch ``source`` logged to this batch,
+        with what it handed on."""
+        from mnistops.runner import reuse
+
+        nb_run, t0 = result.notebooks[i], time.perf_counter()
+        if i in self.kernels:  # started ahead before it was known to be reused
+            self.kernels.pop(i).shutdown()
+        copy = reuse.copy_executed(self.uri, source, nb.name, out_dir)
+        c = store.client(self.uri)
+        for path in (copy, copy.with_suffix(".html")):
+            if path.exists():
+                c.log_artifact(result.run_id, str(path), "notebooks")
+        c.set_tag(result.run_id, record.notebook_key(nb.name), self.decided[i][0])
+        c.set_tag(result.run_id, record.notebook_reused_from(nb.name), source)
+        if nb.makes:  # what it handed on, recorded on this batch too
+            handed = c.get_run(source).data.tags
+            for tag in (record.TRAINING_RUN_ID, record.TRAINING_CACHED):
+                if tag in handed:
+                    c.set_tag(result.run_id, tag, handed[tag])
+            _read_training(self.uri, result.run_id, result)
+        html = copy.with_suffix(".html")
+        nb_run.status, nb_run.reused_from, nb_run.ipynb = "cached", source, str(copy)
+        nb_run.html = str(html) if html.exists() else None
+        nb_run.seconds = round(time.perf_counter() - t0, 3)
+        self.progress.notebook_finished(nb_run)
 
     def _run_one(self, i: int, nb: Notebook, result: BatchResult, out_dir: Path, stop: _Stop) -> None:
         nb_run, kernel, run_id = result.notebooks[i], self.kernels[i], result.run_id
@@ -361,7 +459,8 @@ class _Batch:
             nb_run.seconds = round(time.perf_counter() - t0, 3)
             _publish(part, out_nb)
         if out_nb.exists():
-            self.logged.append(self.io.submit(_render_and_log, self.uri, run_id, out_nb, nb_run))
+            key = self.decided[i][0] if failure is None and stop.signum is None and i in self.decided else None
+            self.logged.append(self.io.submit(_render_and_log, self.uri, run_id, out_nb, nb_run, key))
         if "batch_run_id" in nb.parameters:
             _read_training(self.uri, run_id, result)
         if stop.signum is None and failure is None:
@@ -459,8 +558,8 @@ def _execute(
     )
 
 
-def _shutdown_all(kernels: list[Kernel]) -> None:
-    for kernel in kernels:
+def _shutdown_all(kernels: dict[int, Kernel]) -> None:
+    for kernel in kernels.values():
         kernel.shutdown()
 
 
@@ -470,8 +569,9 @@ def _warm_html() -> None:
     html.warm_up()
 
 
-def _render_and_log(uri: str, run_id: str, out_nb: Path, nb_run: NotebookRun) -> None:
-    """HTML of an executed copy, then both files into the batch run's ``notebooks/``."""
+def _render_and_log(uri: str, run_id: str, out_nb: Path, nb_run: NotebookRun, key: str | None = None) -> None:
+    """HTML of an executed copy, then both files into the batch run's ``notebooks/``; then, for a
+    notebook that completed, its key (:mod:`mnistops.runner.reuse`): a later batch may reuse it."""
     from mnistops.runner import html
 
     c = store.client(uri)
@@ -485,6 +585,8 @@ def _render_and_log(uri: str, run_id: str, out_nb: Path, nb_run: NotebookRun) ->
         return
     nb_run.html = str(page)
     c.log_artifact(run_id, str(page), "notebooks")
+    if key is not None:
+        c.set_tag(run_id, record.notebook_key(out_nb.stem), key)
 
 
 def _finish_logging(logged: list[Future[None]]) -> None:
@@ -494,6 +596,23 @@ def _finish_logging(logged: list[Future[None]]) -> None:
         except Exception as exc:
             log.error("could not log an executed notebook: %s", exc)
     logged.clear()
+
+
+# Where a batch run records each value a notebook makes (its metadata's mnistops.makes).
+MADE_TAGS = {"training_run_id": record.TRAINING_RUN_ID}
+
+
+def _values(result: BatchResult) -> dict[str, str]:
+    """The values the batch's notebooks have made so far."""
+    return {"training_run_id": result.training_run_id} if result.training_run_id else {}
+
+
+def _made(uri: str, batch_id: str, nb: Notebook) -> dict[str, str]:
+    """The values ``nb`` made in batch run ``batch_id``, read from its tags."""
+    if not nb.makes:
+        return {}
+    tags = store.client(uri).get_run(batch_id).data.tags
+    return {value: tags[MADE_TAGS[value]] for value in nb.makes if value in MADE_TAGS and MADE_TAGS[value] in tags}
 
 
 def _read_training(uri: str, batch_id: str, result: BatchResult) -> None:

@@ -5,6 +5,12 @@ the digits are its place in the run order. A notebook can keep itself out of the
 with ``"mnistops": {"batch": false}`` in its metadata (one that starts a server, say): it then
 runs only when named with ``--only``.
 
+What a notebook hands on and what it takes from earlier notebooks is declared in the same place:
+``"makes": {"training_run_id": "str"}`` (``03_train``: the training run it records on the batch
+run) and ``"takes": {"run_id": "training_run_id"}`` (``04_evaluate``: its parameter ``run_id``
+gets that value). The runner passes the values on, and :func:`check_needs` refuses, before
+anything runs, a notebook whose value no notebook before it makes and no ``-p`` gives.
+
 Parameters are read from the cell tagged ``parameters`` the way papermill reads them
 (``name: type = default  # help``), by a copy of its parser: importing papermill costs seconds
 (nbformat's JSON-schema stack), and the runner reads the notebooks before anything else so that
@@ -59,6 +65,8 @@ class Notebook:
     parameters: dict[str, Parameter] = field(default_factory=dict)
     sha256: str = ""
     in_batch: bool = True
+    takes: dict[str, str] = field(default_factory=dict)  # parameter: the value an earlier notebook makes
+    makes: dict[str, str] = field(default_factory=dict)  # value: its type
 
     def describe_parameters(self) -> str:
         """``name: type`` of each parameter, comma-separated (for error messages)."""
@@ -79,8 +87,28 @@ def read(path: Path) -> Notebook:
         digest.update(cell.get("cell_type", "").encode() + b"\0" + source.encode() + b"\0")
         if "parameters" in cell.get("metadata", {}).get("tags", []):
             params = parse_parameters(source)
-    in_batch = bool(raw.get("metadata", {}).get("mnistops", {}).get("batch", True))
-    return Notebook(path, path.stem, params, digest.hexdigest(), in_batch)
+    declared = raw.get("metadata", {}).get("mnistops", {})
+    takes, makes = declared.get("takes", {}), declared.get("makes", {})
+    if not isinstance(takes, dict) or not isinstance(makes, dict) or not set(takes) <= set(params):
+        raise ConfigError(
+            f"notebook {path.name}: its metadata's mnistops.takes must map its parameters to values and "
+            'mnistops.makes values to types, e.g. {"takes": {"run_id": "training_run_id"}}'
+        )
+    return Notebook(path, path.stem, params, digest.hexdigest(), bool(declared.get("batch", True)), takes, makes)
+
+
+def check_needs(notebooks: list[Notebook], given: dict[str, dict[str, Any]]) -> None:
+    """Refuse a notebook that takes a value no notebook before it makes and ``given`` (its
+    ``-p``/``-f`` values) does not hold, in one line, before anything runs."""
+    made: dict[str, str] = {}
+    for nb in notebooks:
+        for param, value in nb.takes.items():
+            if value not in made and param not in given.get(nb.name, {}):
+                raise ConfigError(
+                    f"notebook {nb.name} takes {param} from {value}, which no notebook before it makes: "
+                    f"run the one that makes it too, or pass -p {param} VALUE"
+                )
+        made.update({value: nb.name for value in nb.makes})
 
 
 def parse_parameters(source: str) -> dict[str, Parameter]:
