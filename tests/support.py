@@ -235,3 +235,37 @@ def metric(text: str, series_name: str, **labels: str) -> float:
         if series == series_name and want <= set(rest.rstrip("}").split(",")):
             total += float(value)
     return total
+
+
+@contextlib.contextmanager
+def offline_chromium(url: str) -> Iterator[tuple[Any, list[str], list[str]]]:
+    """Debian's Chromium, headless and offline, at ``url``: the page, every request it made and
+    its console errors (skipped where Chromium is not installed; .ci/run installs it)."""
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("needs Debian's chromium (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    requests: list[str] = []
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--host-resolver-rules=MAP * ~NOTFOUND",
+                "--proxy-server=127.0.0.1:9",
+            ],
+        )
+        try:
+            page = browser.new_context(offline=True).new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(url, wait_until="load")
+            yield page, requests, errors
+        finally:
+            browser.close()

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from support import ROOT, SeedStore, env_for, one_line_error, run_batch, run_cli, runs_in
+from support import ROOT, SeedStore, env_for, offline_chromium, one_line_error, run_batch, run_cli, runs_in
 
 SEED = str(ROOT / "configs" / "seed.yaml")
 
@@ -26,36 +26,6 @@ def copy_store(seed: SeedStore, work: Path) -> Path:
     with sqlite3.connect(seed.work / "mlflow.db") as source, sqlite3.connect(work / "mlflow.db") as target:
         source.backup(target)
     return work
-
-
-def open_offline(page: Path) -> tuple[str, list[str]]:
-    """The page's text as headless Chromium shows it, offline, and every request it made."""
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(chromium).exists():
-        pytest.skip("needs Debian's chromium (.ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    requests: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--no-first-run",
-                "--host-resolver-rules=MAP * ~NOTFOUND",
-                "--proxy-server=127.0.0.1:9",
-            ],
-        )
-        try:
-            browser_page = browser.new_context(offline=True).new_page()
-            browser_page.on("request", lambda r: requests.append(r.url))
-            browser_page.goto(page.as_uri(), wait_until="load")
-            text = browser_page.inner_text("body")
-        finally:
-            browser.close()
-    return text, requests
 
 
 def statuses(result: dict[str, Any]) -> dict[str, str]:
@@ -135,7 +105,8 @@ def test_an_unchanged_batch_runs_nothing_and_a_change_reruns_what_it_reaches(
     changed = {nb["name"]: nb["changed_cells"] for nb in compared["notebooks"]}
     assert changed["01_explore"] == changed["02_validate"] == 0
     assert changed["03_train"] > 0 and changed["04_evaluate"] > 0
-    text, requests = open_offline(page)
+    with offline_chromium(page.as_uri()) as (browser_page, requests, _):
+        text = browser_page.inner_text("body")
     assert "n_estimators" in text and "120" in text and "60" in text
     assert [u for u in requests if not u.startswith("file://")] == []
 

@@ -20,7 +20,7 @@ import nbformat
 import psutil
 import pytest
 
-from support import SeedStore, env_for, peek_store, read_store, run_batch, runs_in
+from support import SeedStore, env_for, offline_chromium, peek_store, read_store, run_batch, runs_in
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
@@ -128,39 +128,12 @@ def test_the_notebook_trains_exactly_what_mnistops_train_trains(
 @pytest.mark.slow
 @pytest.mark.xdist_group("seed")
 def test_the_html_copy_renders_offline_in_chromium(seed_batch: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(chromium).exists():
-        pytest.skip("needs Debian's chromium (.ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
     _, result = seed_batch
     page_path = Path(result["out_dir"]) / "03_train.html"
-    requests: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-                "--host-resolver-rules=MAP * ~NOTFOUND",
-                "--proxy-server=127.0.0.1:9",
-            ],
-        )
-        try:
-            context = browser.new_context(offline=True)
-            page = context.new_page()
-            errors: list[str] = []
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(page_path.as_uri(), wait_until="load")
-            images = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.complete, i.naturalWidth])")
-            heading = page.inner_text("h1")
-            page.screenshot(path=str(tmp_path / "03_train.png"), full_page=True)
-        finally:
-            browser.close()
+    with offline_chromium(page_path.as_uri()) as (page, requests, errors):
+        images = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.complete, i.naturalWidth])")
+        heading = page.inner_text("h1")
+        page.screenshot(path=str(tmp_path / "03_train.png"), full_page=True)
     assert [u for u in requests if not u.startswith(("file://", "data:"))] == []
     assert errors == []
     assert len(images) >= 3 and all(done and width > 100 for done, width in images)
