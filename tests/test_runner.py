@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,7 +17,7 @@ from mnistops import threadsafe_ast
 from mnistops.config import load_config
 from mnistops.errors import ConfigError, DataError
 from mnistops.runner import params
-from mnistops.runner.notebooks import default_value, discover, parse_parameters, parse_python, read
+from mnistops.runner.notebooks import check_needs, default_value, discover, parse_parameters, parse_python, read
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -55,6 +57,27 @@ def test_the_suite_in_run_order_with_what_each_declares() -> None:
     assert train["n_estimators"].help.startswith("trees")
     assert set(by_name["04_evaluate"].parameters) == {"run_id", "experiment", "promote"}
     assert all(len(nb.sha256) == 64 for nb in suite)
+    # What each hands on and takes, and which may be reused (mnistops.runner.reuse).
+    assert by_name["03_train"].makes == {"training_run_id": "str"}
+    assert by_name["04_evaluate"].takes == {"run_id": "training_run_id"}
+    assert [nb.name for nb in suite if nb.takes or nb.makes] == ["03_train", "04_evaluate"]
+    everything = {nb.name: nb for nb in discover(NOTEBOOKS, ["05", "06", "07"])}
+    assert all(nb.reusable for nb in suite) and not any(nb.reusable for nb in everything.values())
+
+
+def test_a_notebook_taking_what_no_earlier_one_makes_is_refused(tmp_path: Path) -> None:
+    suite = discover(NOTEBOOKS)
+    check_needs(suite, {})  # 03 makes what 04 takes
+    evaluate = [nb for nb in suite if nb.name == "04_evaluate"]
+    with pytest.raises(ConfigError, match="notebook 04_evaluate takes run_id from training_run_id, which no notebook"):
+        check_needs(evaluate, {})
+    check_needs(evaluate, {"04_evaluate": {"run_id": "abc"}})  # given with -p
+    shutil.copy(NOTEBOOKS / "04_evaluate.ipynb", tmp_path / "04_evaluate.ipynb")
+    raw = json.loads((tmp_path / "04_evaluate.ipynb").read_text())
+    raw["metadata"]["mnistops"]["takes"] = {"no_such_parameter": "training_run_id"}
+    (tmp_path / "04_evaluate.ipynb").write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match=r"its metadata's mnistops\.takes must map its parameters to values"):
+        discover(tmp_path)
 
 
 def test_our_parameter_parser_reads_every_notebook_as_papermill_does() -> None:
@@ -195,7 +218,17 @@ def test_run_notebooks_help_names_every_option() -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "run_notebooks.py"), "--help"], capture_output=True, text=True, check=True
     )
-    for option in ("--config", "--set", "-p NAME VALUE", "-f PARAMS.yaml", "--only", "--out", "--json"):
+    for option in (
+        "--config",
+        "--set",
+        "-p NAME VALUE",
+        "-f PARAMS.yaml",
+        "--only",
+        "--force",
+        "--resume",
+        "--out",
+        "--json",
+    ):
         assert option in proc.stdout
 
 

@@ -256,7 +256,6 @@ def run_batch(
         # notebooks may be reused, the store says first which ones run.
         if not reuse:
             batch.start_kernels(upto=2, cwd=cwd or Path.cwd())
-        if not reuse:
             batch.io.submit(_warm_html)
         store.check_store(batch.uri, timeout=cfg.tracking.timeout)
         housekeeping.tidy(batch.uri)
@@ -354,7 +353,7 @@ class _Batch:
             # A value it takes that nothing gave (--only 04 -p run_id ""): not an input a key can hold.
             unknown_input = any(not params.get(p) for p in nb.takes)
             forced = nb.name in self.force or "all" in self.force
-            if not self.reuse or unknown_input or (forced and not self.resumes):
+            if not self.reuse or not nb.reusable or unknown_input or (forced and not self.resumes):
                 self.decided[i] = (key, None)
             else:  # a forced notebook of a resumed batch: only what that batch itself completed
                 within = self.resumes if forced else None
@@ -578,13 +577,14 @@ def _render_and_log(uri: str, run_id: str, out_nb: Path, nb_run: NotebookRun, ke
     c.log_artifact(run_id, str(out_nb), "notebooks")
     t0 = time.perf_counter()
     try:
-        page = html.render(out_nb, out_nb.with_suffix(".html"))
-        log.info("%s rendered in %.2f s", page.name, time.perf_counter() - t0)
+        page: Path | None = html.render(out_nb, out_nb.with_suffix(".html"))
+        log.info("%s rendered in %.2f s", out_nb.name, time.perf_counter() - t0)
     except Exception as exc:  # a page we cannot render must not hide the notebook's own outcome
         log.error("could not render %s as HTML: %s", out_nb.name, exc)
-        return
-    nb_run.html = str(page)
-    c.log_artifact(run_id, str(page), "notebooks")
+        page = None
+    if page is not None:
+        nb_run.html = str(page)
+        c.log_artifact(run_id, str(page), "notebooks")
     if key is not None:
         c.set_tag(run_id, record.notebook_key(out_nb.stem), key)
 

@@ -9,7 +9,10 @@ What a notebook hands on and what it takes from earlier notebooks is declared in
 ``"makes": {"training_run_id": "str"}`` (``03_train``: the training run it records on the batch
 run) and ``"takes": {"run_id": "training_run_id"}`` (``04_evaluate``: its parameter ``run_id``
 gets that value). The runner passes the values on, and :func:`check_needs` refuses, before
-anything runs, a notebook whose value no notebook before it makes and no ``-p`` gives.
+anything runs, a notebook whose value no notebook before it makes and no ``-p`` gives. A notebook
+whose run is not a function of its inputs says ``"reuse": false`` (``05_serve`` starts a server,
+``06_monitor`` reads a window that moves with the clock, ``07_retrain`` promotes): it always runs,
+never ``cached`` (:mod:`mnistops.runner.reuse`).
 
 Parameters are read from the cell tagged ``parameters`` the way papermill reads them
 (``name: type = default  # help``), by a copy of its parser: importing papermill costs seconds
@@ -67,6 +70,7 @@ class Notebook:
     in_batch: bool = True
     takes: dict[str, str] = field(default_factory=dict)  # parameter: the value an earlier notebook makes
     makes: dict[str, str] = field(default_factory=dict)  # value: its type
+    reusable: bool = True  # False: it always runs (a server, a time window, a promotion)
 
     def describe_parameters(self) -> str:
         """``name: type`` of each parameter, comma-separated (for error messages)."""
@@ -94,7 +98,8 @@ def read(path: Path) -> Notebook:
             f"notebook {path.name}: its metadata's mnistops.takes must map its parameters to values and "
             'mnistops.makes values to types, e.g. {"takes": {"run_id": "training_run_id"}}'
         )
-    return Notebook(path, path.stem, params, digest.hexdigest(), bool(declared.get("batch", True)), takes, makes)
+    batch, reusable = bool(declared.get("batch", True)), bool(declared.get("reuse", True))
+    return Notebook(path, path.stem, params, digest.hexdigest(), batch, takes, makes, reusable)
 
 
 def check_needs(notebooks: list[Notebook], given: dict[str, dict[str, Any]]) -> None:
