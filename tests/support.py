@@ -240,7 +240,8 @@ def metric(text: str, series_name: str, **labels: str) -> float:
 @contextlib.contextmanager
 def offline_chromium(url: str) -> Iterator[tuple[Any, list[str], list[str]]]:
     """Debian's Chromium, headless and offline, at ``url``: the page, every request it made and
-    its console errors (skipped where Chromium is not installed; .ci/run installs it)."""
+    its errors (console errors and uncaught exceptions; skipped where Chromium is not installed:
+    .ci/run installs it)."""
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(chromium).exists():
         pytest.skip("needs Debian's chromium (.ci/run installs it)")
@@ -264,6 +265,7 @@ def offline_chromium(url: str) -> Iterator[tuple[Any, list[str], list[str]]]:
         try:
             page = browser.new_context(offline=True).new_page()
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
             page.on("request", lambda r: requests.append(r.url))
             page.goto(url, wait_until="load")
             yield page, requests, errors

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -21,9 +20,7 @@ import numpy as np
 import pytest
 
 from mnistops.serve import launch
-from support import CLOSED_MIRROR, metric, one_line_error, read_store
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+from support import CLOSED_MIRROR, metric, offline_chromium, one_line_error, read_store
 
 
 class Work:
@@ -280,30 +277,12 @@ def read_monitoring_runs(work: Work) -> list[dict[str, Any]]:
 
 
 def open_offline(page: Path, screenshot: Path) -> dict[str, Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("needs Debian's chromium (.ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    requests: list[str] = []
-    errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
-        )
-        try:
-            tab = browser.new_page()
-            tab.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
-            tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            tab.on("pageerror", lambda e: errors.append(str(e)))
-            tab.goto(page.as_uri())
-            tab.screenshot(path=str(screenshot), full_page=True)
-            text = tab.inner_text("body")
-            broken = tab.eval_on_selector_all("img", "imgs => imgs.filter(i => !i.complete || !i.naturalWidth).length")
-        finally:
-            browser.close()
+    with offline_chromium(page.as_uri()) as (tab, requests, errors):
+        tab.screenshot(path=str(screenshot), full_page=True)
+        text = tab.inner_text("body")
+        broken = tab.eval_on_selector_all("img", "imgs => imgs.filter(i => !i.complete || !i.naturalWidth).length")
     assert broken == 0
-    return {"requests": requests, "errors": errors, "text": text}
+    return {"requests": [u for u in requests if not u.startswith(("file:", "data:"))], "errors": errors, "text": text}
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, session_cache: Path) -> None:

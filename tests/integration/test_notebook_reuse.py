@@ -191,7 +191,7 @@ def test_resume_and_force_refuse_what_they_cannot_do_in_one_line(tmp_path: Path,
         ),
         (["--resume", "abc123"], "error: no run 'abc123' in"),
         (["--resume", "-p", "seed", "1"], "error: --resume runs the batch with its own notebooks and parameters"),
-        (["--force", "09_nothing"], "error: --force 09_nothing: no notebook of this batch has that name"),
+        (["--force", "09_nothing"], "error: --force '09_nothing' names no notebook: choose from 01_explore"),
         (
             ["--only", "04_evaluate"],
             "error: notebook 04_evaluate takes run_id from training_run_id, which no notebook before it makes: "

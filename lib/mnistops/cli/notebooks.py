@@ -185,7 +185,7 @@ def run(root: Path, opts: BatchOptions) -> int:
     """Build the batch (or the grid of batches) and run it; return the exit code."""
     from mnistops.config import load_config, notebook_mapping
     from mnistops.runner import batch, params
-    from mnistops.runner.notebooks import check_needs, discover
+    from mnistops.runner.notebooks import check_needs, discover, named
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     folder = opts.notebooks or root / "notebooks"
@@ -193,10 +193,11 @@ def run(root: Path, opts: BatchOptions) -> int:
     # Without --config, the training notebook's own defaults are the base (as the file would be).
     base = None if opts.config is not None else params.base_config_values(discover(folder))
     cfg = load_config(opts.config, opts.sets, base=notebook_mapping(base) if base else None)
-    _check_force(opts.force, notebooks)
+    force = [n if n == "all" else named(notebooks, n, "--force").name for n in opts.force]
     tags: dict[str, str] = {}
     if opts.resume is not None:
-        notebooks, plan, tags = _resumed(folder, cfg, opts)
+        notebooks, plan, tags, forced = _resumed(folder, cfg, opts)
+        force = sorted(set(force) | set(forced))
     else:
         plan = params.plan(notebooks, cfg, opts.files, opts.pairs)
     check_needs(notebooks, plan)
@@ -215,26 +216,18 @@ def run(root: Path, opts: BatchOptions) -> int:
                 opts.cell_timeout,
                 extra_tags=tags,
                 reuse=True,
-                force=opts.force,
+                force=force,
             )
         except batch.BatchFailed as exc:
             failure, result = exc, exc.result
     return _report(result, failure, opts.as_json, _summary)
 
 
-def _check_force(force: list[str], notebooks: list[Any]) -> None:
-    names = {nb.name for nb in notebooks} | {nb.name[:2] for nb in notebooks}
-    for name in force:
-        if name != "all" and name.removesuffix(".ipynb") not in names:
-            listed = ", ".join(nb.name for nb in notebooks)
-            raise ConfigError(f"--force {name}: no notebook of this batch has that name: choose from {listed}")
-    force[:] = [
-        next((nb.name for nb in notebooks if n.removesuffix(".ipynb") in (nb.name, nb.name[:2])), n) for n in force
-    ]
-
-
-def _resumed(folder: Path, cfg: Any, opts: BatchOptions) -> tuple[list[Any], dict[str, dict[str, Any]], dict[str, str]]:
-    """The notebooks and parameters of the batch ``--resume`` names, and the tag that links to it."""
+def _resumed(
+    folder: Path, cfg: Any, opts: BatchOptions
+) -> tuple[list[Any], dict[str, dict[str, Any]], dict[str, str], list[str]]:
+    """The notebooks and parameters of the batch ``--resume`` names, the tag that links to it, and
+    the notebooks it was told to run whatever earlier batches hold."""
     from mnistops import record
     from mnistops.runner import reuse
     from mnistops.runner.notebooks import discover
@@ -248,8 +241,7 @@ def _resumed(folder: Path, cfg: Any, opts: BatchOptions) -> tuple[list[Any], dic
     store.check_store(uri, create=False, write=True, timeout=cfg.tracking.timeout)
     run = reuse.resumable(uri, cfg.tracking.experiment, None if opts.resume == "latest" else opts.resume)
     names, plan, forced = reuse.resumed_parameters(uri, run)
-    opts.force[:] = sorted(set(opts.force) | set(forced))
-    return discover(folder, names), plan, {record.BATCH_RESUMES: run.info.run_id}
+    return discover(folder, names), plan, {record.BATCH_RESUMES: run.info.run_id}, forced
 
 
 def _run_grid(

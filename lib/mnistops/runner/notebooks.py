@@ -167,14 +167,20 @@ def discover(directory: Path, only: list[str] | None = None) -> list[Notebook]:
         return [nb for nb in notebooks if nb.in_batch]
     chosen: list[Notebook] = []
     for want in only:
-        key = want.removesuffix(".ipynb")
-        match = [nb for nb in notebooks if key in (nb.name, nb.name[:2])]
-        if not match:
-            names = ", ".join(nb.name for nb in notebooks)
-            raise ConfigError(f"--only {want!r} names no notebook: choose from {names}")
-        if match[0] not in chosen:
-            chosen.append(match[0])
+        match = named(notebooks, want, "--only")
+        if match not in chosen:
+            chosen.append(match)
     return sorted(chosen, key=lambda nb: nb.name)
+
+
+def named(notebooks: list[Notebook], want: str, flag: str) -> Notebook:
+    """The notebook ``want`` names (its stem, file name or number), or a one-line error naming ``flag``."""
+    key = want.removesuffix(".ipynb")
+    match = next((nb for nb in notebooks if key in (nb.name, nb.name[:2])), None)
+    if match is None:
+        names = ", ".join(nb.name for nb in notebooks)
+        raise ConfigError(f"{flag} {want!r} names no notebook: choose from {names}")
+    return match
 
 
 def default_value(param: Parameter) -> Any:

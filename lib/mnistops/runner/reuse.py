@@ -55,10 +55,12 @@ def data_identity(dataset: Any) -> str:
     path = Path(dataset)
     if not path.exists():
         return dataset
+    from mnistops.data.fingerprint import file_sha256
+
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     digest = hashlib.sha256()
     for f in files:
-        digest.update(f.name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+        digest.update(f"{f.relative_to(path) if path.is_dir() else f.name}\0{file_sha256(str(f))}\0".encode())
     return f"{dataset}:{digest.hexdigest()}"
 
 
