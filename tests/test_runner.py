@@ -286,3 +286,77 @@ def test_cells_are_parsed_safely_beside_other_threads_parsing() -> None:
     assert getattr(ast.parse, "__mnistops_guarded__", False) == threadsafe_ast.NEEDED
     assert _parse_in_threads(ast.parse, (0, 40, 80)) == []
     assert _parse_in_threads(lambda s: ast.literal_eval(f"[{len(s)}, 2.5, {{'a': (1, 2)}}]"), (0, 40, 80)) == []
+
+
+def test_the_suite_runs_explore_validate_and_train_side_by_side_and_evaluation_after_training() -> None:
+    from mnistops.runner.schedule import Schedule, dependencies
+
+    suite = discover(NOTEBOOKS)
+    names = [nb.name for nb in suite]
+    waits = {names[i]: {names[j] for j in w} for i, w in enumerate(dependencies(suite))}
+    assert waits == {"01_explore": set(), "02_validate": set(), "03_train": set(), "04_evaluate": {"03_train"}}
+    plan = Schedule(suite)
+    # The training first (the evaluation waits for it), then the run order.
+    assert [names[i] for i in plan.order] == ["03_train", "01_explore", "02_validate", "04_evaluate"]
+    assert Schedule(suite, side_by_side=False).order == [0, 1, 2, 3]  # --jobs 1: the run order
+    assert [names[i] for i in plan.ready(set(), set())] == ["03_train", "01_explore", "02_validate"]
+    assert [names[i] for i in plan.ready({0, 1}, {0, 1, 2})] == []  # 04 waits for 03
+    assert [names[i] for i in plan.ready({2}, {0, 1, 2})] == ["04_evaluate"]
+    # Notebooks that declare no `after` wait for every notebook before them.
+    everything = discover(NOTEBOOKS, ["01", "02", "03", "04", "05", "06", "07"])
+    later = {everything[i].name: len(w) for i, w in enumerate(dependencies(everything))}
+    assert later["05_serve"] == 4 and later["06_monitor"] == 5 and later["07_retrain"] == 6
+
+
+def test_after_is_read_checked_and_ignores_notebooks_left_out(tmp_path: Path) -> None:
+    from mnistops.runner.schedule import Schedule, default_jobs, dependencies
+
+    assert default_jobs() >= 1
+    write_notebook(tmp_path / "01_a.ipynb", "n: int = 1")
+    write_notebook(tmp_path / "02_b.ipynb", "n: int = 1")
+    write_notebook(tmp_path / "03_c.ipynb", "n: int = 1")
+
+    def declare(name: str, after: object) -> None:
+        raw = json.loads((tmp_path / name).read_text())
+        raw["metadata"]["mnistops"] = {"after": after}
+        (tmp_path / name).write_text(json.dumps(raw))
+
+    declare("02_b.ipynb", [])
+    declare("03_c.ipynb", ["01_a.ipynb"])
+    suite = discover(tmp_path)
+    assert [nb.after for nb in suite] == [None, (), ("01_a",)]
+    assert dependencies(suite) == [set(), set(), {0}]
+    assert [suite[i].name for i in Schedule(suite).order] == ["01_a", "02_b", "03_c"]
+    assert dependencies(discover(tmp_path, ["02", "03"])) == [set(), set()]  # 01_a is not in this batch
+    declare("01_a.ipynb", ["03_c"])
+    with pytest.raises(ConfigError, match="notebook 01_a runs after 03_c, which comes after it in the run order"):
+        dependencies(discover(tmp_path))
+    declare("01_a.ipynb", "03_c")
+    with pytest.raises(ConfigError, match=r"01_a\.ipynb: its metadata's mnistops\.after must list the notebooks"):
+        discover(tmp_path)
+
+
+def test_the_progress_display_has_a_live_line_for_every_running_notebook() -> None:
+    import io
+
+    from rich.console import Console
+
+    from mnistops.cli.notebooks import RichBatchProgress
+    from mnistops.runner.batch import NotebookRun
+
+    display = RichBatchProgress()
+    display.err, display.live = Console(file=io.StringIO(), force_terminal=True, width=150), True
+    with display:
+        display.notebook_started("03_train", 18)
+        display.notebook_started("01_explore", 21)
+        display.cell_started("03_train", 5, "result = train(cfg, progress=TextProgress())")
+        display.cell_started("01_explore", 7, "explore.sample_grid(ds, per_class=3)")
+        display.notebook_started("02_validate", 12)
+        display.notebook_finished(NotebookRun("02_validate", "completed", 0.6))
+        screen = Console(file=io.StringIO(), record=True, width=150)
+        screen.print(display.progress.get_renderable())
+    lines = [ln for ln in screen.export_text().splitlines() if ln.strip()]
+    assert len(lines) == 3
+    assert "03_train cell 6: result = train(cfg, progress=TextProgress())" in lines[0] and "5/18" in lines[0]
+    assert "01_explore cell 8: explore.sample_grid(ds, per_class=3)" in lines[1] and "7/21" in lines[1]
+    assert "✓ 02_validate" in lines[2] and "12/12" in lines[2]

@@ -21,7 +21,7 @@ def seed_store(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) ->
     work = tmp_path_factory.mktemp("seed")
     seed = str(ROOT / "configs" / "seed.yaml")
     t0 = time.perf_counter()
-    proc = run_batch(work, session_cache, "--config", seed, "--json")
+    proc = run_batch(work, session_cache, "--config", seed, "--jobs", "2", "--json")
     batch_seconds = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-4000:]
     batch, batch_runs = json.loads(proc.stdout), runs_in(work)

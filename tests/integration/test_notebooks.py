@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,28 @@ def test_the_batch_run_holds_the_record_and_the_training_run_is_its_child(
         assert batch["metrics"][f"time_{name}_s"] > 0
     assert {"config.yaml", "parameters.json", "environment/requirements.lock.txt", "run.log"} <= set(batch["artifacts"])
     assert len(runs) == 2  # the batch and its training run: nothing else was opened
+
+
+def _interval(ipynb: str) -> tuple[datetime, datetime]:
+    """When papermill started and ended a notebook (its executed copy's metadata)."""
+    meta = nbformat.read(ipynb, as_version=4).metadata.papermill
+    return datetime.fromisoformat(meta["start_time"]), datetime.fromisoformat(meta["end_time"])
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("seed")
+def test_independent_notebooks_ran_side_by_side_and_evaluation_after_training(
+    seed_batch: tuple[Path, dict[str, Any]],
+) -> None:
+    _, result = seed_batch  # run with --jobs 2
+    span = {nb["name"]: _interval(nb["ipynb"]) for nb in result["notebooks"]}
+    first_end = min(end for _, end in span.values())
+    # 01_explore waited for nothing: it started before any notebook ended, and so did 03_train.
+    assert span["01_explore"][0] < first_end and span["03_train"][0] < first_end
+    # ... so the exploration and the training ran at the same time, in two kernels.
+    assert span["01_explore"][0] < span["03_train"][1] and span["03_train"][0] < span["01_explore"][1]
+    # The evaluation takes the training run: it started only once the training had ended.
+    assert span["04_evaluate"][0] >= span["03_train"][1]
 
 
 @pytest.mark.slow
@@ -165,7 +188,8 @@ print(json.dumps([len(forest.estimators_), forest.n_estimators, max(t.get_depth(
 
 def test_a_bad_dataset_stops_the_batch_before_training(tmp_path: Path, session_cache: Path) -> None:
     missing = tmp_path / "nowhere" / "digits.npz"
-    proc = run_batch(tmp_path, session_cache, "-p", "dataset", str(missing))
+    # One notebook at a time: the first failure is 01_explore's (side by side: see the next test).
+    proc = run_batch(tmp_path, session_cache, "-p", "dataset", str(missing), "--jobs", "1")
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     (line,) = error_lines(proc.stderr)
@@ -185,7 +209,7 @@ def test_a_bad_dataset_stops_the_batch_before_training(tmp_path: Path, session_c
     # Without the exploration notebook, the validation notebook is the one that stops it.
     again = tmp_path / "again"
     again.mkdir()
-    proc = run_batch(again, session_cache, "--only", "02,03,04", "-p", "dataset", str(missing), "--json")
+    proc = run_batch(again, session_cache, "--only", "02,03,04", "-p", "dataset", str(missing), "--jobs", "1", "--json")
     assert proc.returncode == 1
     result = json.loads(proc.stdout)
     assert [(n["name"], n["status"]) for n in result["notebooks"]] == [
@@ -303,6 +327,91 @@ def test_a_timeout_or_a_dead_kernel_is_one_line_a_failed_run_and_no_kernel(
     assert (out / "01_tiny.ipynb").exists()
     leftovers = [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
     assert leftovers == []
+
+
+def _side_by_side_suite(folder: Path, cells: dict[str, str]) -> Path:
+    """Notebooks that declare ``"after": []`` (each runs its one cell), then ``09_last``, which
+    declares nothing and so waits for all of them."""
+    folder.mkdir()
+    for name, code in {**cells, "09_last": "print('last')"}.items():
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        if name != "09_last":
+            nb.metadata["mnistops"] = {"after": []}
+        nb.cells = [
+            nbformat.v4.new_code_cell("n: int = 1", metadata={"tags": ["parameters"]}),
+            nbformat.v4.new_code_cell(code),
+            nbformat.v4.new_code_cell("print('after')"),
+        ]
+        nbformat.write(nb, folder / f"{name}.ipynb")
+    return folder
+
+
+def _interrupted_copy(path: Path) -> bool:
+    cells = nbformat.read(path, as_version=4).cells
+    return any(o.get("ename") == "KeyboardInterrupt" for c in cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_a_failure_stops_the_notebook_running_beside_it_and_the_batch(tmp_path: Path, session_cache: Path) -> None:
+    suite = _side_by_side_suite(
+        tmp_path / "suite",
+        {"01_slow": "import time\ntime.sleep(300)", "02_fail": "import time\ntime.sleep(2)\nraise ValueError('boom')"},
+    )
+    proc = run_batch(tmp_path, session_cache, "--notebooks", str(suite), "--jobs", "2", "--json", timeout=240)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert error_lines(proc.stderr) == ["error: notebook 02_fail failed at cell In [2]: ValueError: boom"]
+    result = json.loads(proc.stdout)
+    assert [(n["name"], n["status"], n["error"]) for n in result["notebooks"]] == [
+        ("01_slow", "stopped", "stopped: 02_fail failed"),
+        ("02_fail", "failed", "notebook 02_fail failed at cell In [2]: ValueError: boom"),
+        ("09_last", "not run", None),
+    ]
+    (batch,) = runs_in(tmp_path)
+    assert batch["status"] == "FAILED" and batch["tags"]["mnistops.batch.failed_notebook"] == "02_fail"
+    out = Path(result["out_dir"])
+    assert sorted(p.name for p in out.iterdir()) == ["01_slow.html", "01_slow.ipynb", "02_fail.html", "02_fail.ipynb"]
+    assert _interrupted_copy(out / "01_slow.ipynb")  # interrupted in its sleep, saved as far as it ran
+    assert {"notebooks/01_slow.ipynb", "notebooks/02_fail.ipynb"} <= set(batch["artifacts"])
+    leftovers = [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+    assert leftovers == []
+
+
+def test_sigterm_interrupts_every_running_notebook_and_leaves_no_kernel(tmp_path: Path, session_cache: Path) -> None:
+    suite = _side_by_side_suite(
+        tmp_path / "suite", {"01_a": "import time\ntime.sleep(300)", "02_b": "import time\ntime.sleep(300)"}
+    )
+    log = tmp_path / "stderr.txt"
+    cmd = [sys.executable, str(ROOT / "run_notebooks.py"), "--out", str(tmp_path / "outputs")]
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [*cmd, "--notebooks", str(suite), "--jobs", "2"],
+            cwd=tmp_path,
+            env=env_for(tmp_path, session_cache),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 180
+            # The plain progress lines (stderr is no terminal): one per notebook as it starts.
+            while time.monotonic() < deadline and proc.poll() is None and log.read_text().count("▶") < 2:
+                time.sleep(0.5)
+            assert "▶ 01_a (3 cells)" in log.read_text() and "▶ 02_b (3 cells)" in log.read_text()
+            time.sleep(2.0)  # both inside their sleep
+            kernels = _kernels_of(proc.pid)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+    text = log.read_text()
+    assert proc.returncode == 143 and "Traceback" not in text and "terminated" in text
+    assert "■ 01_a killed" in text and "■ 02_b killed" in text
+    for kernel in kernels:
+        assert not kernel.is_running() or kernel.status() == psutil.STATUS_ZOMBIE, f"kernel {kernel.pid} is left"
+    (batch,) = runs_in(tmp_path)
+    assert batch["status"] == "KILLED" and batch["tags"]["mnistops.batch.stopped_at"] == "01_a,02_b"
+    (out,) = (tmp_path / "outputs").iterdir()
+    assert _interrupted_copy(out / "01_a.ipynb") and _interrupted_copy(out / "02_b.ipynb")
+    assert not (out / "09_last.ipynb").exists()
 
 
 @pytest.mark.slow

@@ -50,6 +50,7 @@ class BatchOptions:
     verbose: bool = False
     force: list[str] = field(default_factory=list)  # notebooks run even if reusable; ["all"]: every one
     resume: str | None = None  # "latest" or a batch id
+    jobs: int | None = None  # notebooks at once (None: the cores this process may use)
 
 
 def command(root: Path) -> typer.Typer:
@@ -59,8 +60,8 @@ def command(root: Path) -> typer.Typer:
     @app.command(
         help="Run the notebooks in order with papermill, record the batch in MLflow, keep each executed copy."
         "\n\n\b\nrun_notebooks.py [--config FILE] [--set KEY=VALUE ...] [-p NAME VALUE ...] [-f PARAMS.yaml]"
-        "\n                 [--only NAMES] [--force [NAMES]] [--resume [BATCH_ID]] [--out DIR] [--json]"
-        "\n                 [--cell-timeout SECONDS]"
+        "\n                 [--only NAMES] [--force [NAMES]] [--resume [BATCH_ID]] [--jobs N] [--out DIR]"
+        "\n                 [--json] [--cell-timeout SECONDS]"
         "\n                 [--grid GRID.yaml [--workers K | --scheduler ADDRESS]] [--notebooks DIR] [-v]",
         epilog="Exit codes: 0 every notebook ran; 1 a notebook failed; 2 a mistake in the command; "
         "130 Ctrl-C; 143 SIGTERM.",
@@ -78,6 +79,7 @@ def command(root: Path) -> typer.Typer:
         only: Annotated[list[str] | None, typer.Option("--only", metavar="NAMES", help=_HELP["only"])] = None,
         force: Annotated[list[str] | None, typer.Option("--force", metavar="[NAMES]", help=_HELP["force"])] = None,
         resume: Annotated[str | None, typer.Option("--resume", metavar="[BATCH_ID]", help=_HELP["resume"])] = None,
+        jobs: Annotated[int | None, typer.Option("--jobs", "-j", metavar="N", min=1, help=_HELP["jobs"])] = None,
         out: Annotated[Path | None, typer.Option("--out", metavar="DIR", help=_HELP["out"])] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
         cell_timeout: Annotated[
@@ -109,6 +111,8 @@ _HELP = {
     "could be reused.",
     "resume": "Run a failed or killed batch again (default: the newest), with its own parameters: what "
     "completed is reused, the rest runs.",
+    "jobs": "Notebooks that may run at once, each in its own kernel (default: the cores this process may "
+    "use); those that wait for another's values or declare `after` wait for it.",
     "out": "Where the executed copies go (default: outputs/ beside run_notebooks.py).",
     "notebooks": "The notebook folder (default: notebooks/ beside run_notebooks.py).",
     "grid": "Run the batch once per point of a grid: a YAML mapping of parameter names to lists, crossed.",
@@ -150,6 +154,7 @@ def _options(p: dict[str, Any]) -> BatchOptions:
         only=[n.strip() for item in p["only"] or [] for n in item.split(",") if n.strip()],
         force=[n.strip() for item in p["force"] or [] for n in item.split(",") if n.strip()],
         resume=p["resume"],
+        jobs=p["jobs"],
         out=p["out"],
         as_json=p["as_json"],
         cell_timeout=p["cell_timeout"],
@@ -186,6 +191,7 @@ def run(root: Path, opts: BatchOptions) -> int:
     from mnistops.config import load_config, notebook_mapping
     from mnistops.runner import batch, params
     from mnistops.runner.notebooks import check_needs, discover, named
+    from mnistops.runner.schedule import default_jobs, dependencies
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     folder = opts.notebooks or root / "notebooks"
@@ -201,6 +207,7 @@ def run(root: Path, opts: BatchOptions) -> int:
     else:
         plan = params.plan(notebooks, cfg, opts.files, opts.pairs)
     check_needs(notebooks, plan)
+    dependencies(notebooks)  # an `after` that points forwards: one line, before anything runs
     if opts.grid is not None:
         return _run_grid(notebooks, folder, plan, cfg, root, opts)
     progress: Any = batch.NullProgress() if opts.as_json else RichBatchProgress()
@@ -217,6 +224,7 @@ def run(root: Path, opts: BatchOptions) -> int:
                 extra_tags=tags,
                 reuse=True,
                 force=force,
+                jobs=opts.jobs or default_jobs(),
             )
         except batch.BatchFailed as exc:
             failure, result = exc, exc.result
@@ -339,6 +347,7 @@ class RichBatchProgress:
             "completed": "[green]✓[/]",
             "cached": "[cyan]↺[/]",
             "failed": "[red]✗[/]",
+            "stopped": "[yellow]■[/]",
             "killed": "[yellow]■[/]",
         }.get(run.status, "?")
         if self.progress is not None and run.name in self.tasks:
@@ -357,7 +366,7 @@ def _summary(result: BatchResult) -> None:
     table = Table(title=f"notebook batch {result.run_id} ({result.status})")
     for col in ("notebook", "status", "seconds", "executed copy"):
         table.add_column(col, justify="right" if col == "seconds" else "left")
-    colours = {"completed": "green", "cached": "cyan", "failed": "red", "killed": "yellow"}
+    colours = {"completed": "green", "cached": "cyan", "failed": "red", "stopped": "yellow", "killed": "yellow"}
     for nb in result.notebooks:
         colour = colours.get(nb.status, "dim")
         reused = f" (batch {nb.reused_from[:12]})" if nb.reused_from else ""

@@ -6,18 +6,22 @@ What happens, in order:
    the git state, the environment, each notebook's content hash (tags), every injected value
    (params), the resolved config (``config.yaml``) and the environment lock.
 2. Each notebook runs in a fresh kernel of its own (the ``python3`` kernel of the running
-   Python, so the project's venv), started while the notebook before it runs and told only
-   where the store is (``MLFLOW_TRACKING_URI``, absolute). A notebook that declares
-   ``batch_run_id`` gets the batch run's id (the training notebook nests its run under it and
-   records the training run's id on it); one that declares ``run_id`` gets that training run.
-3. Each executed copy lands in ``<out>/<when>-<run id>/`` and is rendered as HTML on a second
-   thread while the next notebook runs; both files are logged to the batch run.
-4. A failing cell stops the batch: the partly executed copy (with papermill's error banner) is
-   saved and logged like the others, every run the batch opened that is still RUNNING is ended
-   FAILED, and :class:`BatchFailed` says which notebook, which cell and what error. A cell
-   timeout or a kernel that died is reported the same way.
-5. SIGTERM or Ctrl-C interrupts the running cell (the kernel gets SIGINT, so a training run in
-   it ends KILLED), then the kernel is shut down; one that does not stop within a grace period
+   Python, so the project's venv), started ahead of its turn and told only where the store is
+   (``MLFLOW_TRACKING_URI``, absolute). A notebook that declares ``batch_run_id`` gets the batch
+   run's id (the training notebook nests its run under it and records the training run's id on
+   it); one that takes ``training_run_id`` gets that training run.
+3. Notebooks that do not depend on each other run side by side, at most ``jobs`` at once, each
+   on a thread of this process driving its own kernel (:mod:`mnistops.runner.schedule` says
+   which may and which starts first).
+4. Each executed copy lands in ``<out>/<when>-<run id>/`` and is rendered as HTML on another
+   thread while the batch goes on; both files are logged to the batch run.
+5. A failing cell stops the batch: the notebooks running beside it are interrupted (``stopped``),
+   none starts, the partly executed copies (with papermill's error banner) are saved and logged
+   like the others, every run the batch opened that is still RUNNING is ended FAILED, and
+   :class:`BatchFailed` says which notebook, which cell and what error. A cell timeout or a
+   kernel that died is reported the same way.
+6. SIGTERM or Ctrl-C interrupts the running cells (each kernel gets SIGINT, so a training run in
+   it ends KILLED), then the kernels are shut down; one that does not stop within a grace period
    is killed. The batch run ends KILLED. No kernel outlives the batch.
 """
 
@@ -32,7 +36,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +45,7 @@ from typing import Any, Protocol
 from mnistops import gc_phases, processes, record, threadsafe_ast
 from mnistops.config import Config, dump_yaml
 from mnistops.errors import MnistopsError
+from mnistops.runner import schedule
 from mnistops.runner.kernels import KERNEL_NAME, Kernel, warm_modules
 from mnistops.runner.notebooks import Notebook
 from mnistops.tracking import housekeeping, provenance, store
@@ -63,7 +68,8 @@ class NotebookRun:
     """How one notebook of the batch went."""
 
     name: str
-    status: str = "pending"  # pending, running, completed, cached, failed, killed, not run
+    # pending, running, completed, cached, failed, stopped (another notebook failed), killed, not run
+    status: str = "pending"
     seconds: float | None = None
     reused_from: str | None = None  # cached: the batch run whose executed copy this is
     ipynb: str | None = None
@@ -118,16 +124,23 @@ class NullProgress:
         """Ignore."""
 
 
-class _Stop:
-    """Turns SIGTERM and SIGINT into an interrupt of the running cell, then a KILLED batch.
+class _Halted(Exception):
+    """Raised in a running notebook's thread, before its next cell, once another notebook failed."""
 
-    The first signal interrupts the current kernel (or, between notebooks, raises at once); the
-    kernel is killed if it has not stopped ``grace`` seconds later. A second signal raises.
+
+class _Stop:
+    """What stops the running notebooks: SIGTERM or SIGINT (the batch ends KILLED), or the failure
+    of one of them (the others are ``stopped``, the batch ends FAILED).
+
+    Either way every running kernel is interrupted (its cell raises KeyboardInterrupt) and killed
+    if it has not stopped ``grace`` seconds later. A signal while no notebook runs, or a second
+    signal, raises at once.
     """
 
     def __init__(self, grace: float) -> None:
         self.signum: int | None = None
-        self.kernel: Kernel | None = None
+        self.failed: str | None = None  # the notebook whose failure stops the others
+        self.kernels: set[Kernel] = set()  # those running a notebook; changed on the main thread only
         self.grace = grace
         self._old: dict[int, Any] = {}
 
@@ -144,15 +157,24 @@ class _Stop:
     def _handle(self, signum: int, frame: object) -> None:
         first = self.signum is None
         self.signum = signum
-        kernel = self.kernel
-        if first and kernel is not None:
-            log.warning("signal %d: interrupting the running cell", signum)
+        if first and self.kernels:
+            log.warning("signal %d: interrupting the running cells", signum)
+            self._interrupt_all()
+            return
+        self.raise_now()
+
+    def halt(self, failed: str) -> None:
+        """Notebook ``failed`` failed: interrupt the others (main thread)."""
+        if self.failed is None:
+            self.failed = failed
+            self._interrupt_all()
+
+    def _interrupt_all(self) -> None:
+        for kernel in tuple(self.kernels):
             kernel.interrupt()
             timer = threading.Timer(self.grace, kernel.kill)
             timer.daemon = True
             timer.start()
-            return
-        self.raise_now()
 
     def raise_now(self) -> None:
         """Raise what ends the batch run KILLED (and the process with 143 or 130)."""
@@ -161,9 +183,11 @@ class _Stop:
         raise KeyboardInterrupt
 
     def check(self, **_: Any) -> None:
-        """An nbclient hook: stop before the next cell once a signal came."""
+        """An nbclient hook: stop before the next cell once a signal came or another notebook failed."""
         if self.signum is not None:
             self.raise_now()
+        if self.failed is not None:
+            raise _Halted(self.failed)
 
 
 def batch_tags(notebooks: Sequence[Notebook], cfg: Config) -> dict[str, str]:
@@ -219,15 +243,16 @@ def run_batch(
     extra_tags: dict[str, str] | None = None,
     reuse: bool = False,
     force: Sequence[str] = (),
+    jobs: int = 1,
 ) -> BatchResult:
-    """Run ``notebooks`` in order, each with its ``parameters``, recorded as one MLflow run.
+    """Run ``notebooks``, each with its ``parameters``, recorded as one MLflow run.
 
     Args:
         notebooks: the batch, in run order.
         parameters: values to inject, by notebook name (see :mod:`mnistops.runner.params`).
         cfg: the resolved config (where the store is, the experiment; logged as ``config.yaml``).
         out_base: the folder under which ``<when>-<run id>/`` is made for the executed copies.
-        progress: receives progress events.
+        progress: receives progress events (from several threads when ``jobs`` > 1).
         cell_timeout: seconds a cell may run (None: no limit).
         start_timeout: seconds a kernel may take to start.
         grace: seconds a kernel has to stop after an interrupt before it is killed.
@@ -236,13 +261,17 @@ def run_batch(
             ``mlflow.parentRunId``).
         reuse: reuse the executed copy of a notebook whose inputs equal an earlier execution's
             in the same store (:mod:`mnistops.runner.reuse`), except those named in ``force``.
+        jobs: notebooks that may run at once (:mod:`mnistops.runner.schedule`); 1: in run order.
 
     Raises:
         BatchFailed: a notebook failed (its message is one line); the batch run ended FAILED.
         KeyboardInterrupt, Terminated: a signal stopped the batch; the batch run ended KILLED.
+        ConfigError: a notebook's ``after`` names one that comes after it (nothing ran).
     """
+    from mnistops.runner import reuse as reuse_module
+
     threadsafe_ast.install()  # this process parses on several threads from here on
-    batch = _Batch(notebooks, parameters, cfg, progress or NullProgress(), cell_timeout, start_timeout, grace)
+    batch = _Batch(notebooks, parameters, cfg, progress or NullProgress(), cell_timeout, start_timeout, max(1, jobs))
     batch.reuse, batch.force = reuse, set(force)
     batch.resumes = (extra_tags or {}).get(record.BATCH_RESUMES)
     make_out_base(out_base)
@@ -251,12 +280,13 @@ def run_batch(
         batch.io = stack.enter_context(ThreadPoolExecutor(2, thread_name_prefix="mnistops-batch-io"))
         batch.warm = stack.enter_context(ThreadPoolExecutor(2, thread_name_prefix="mnistops-batch-warm"))
         stack.callback(_shutdown_all, batch.kernels)
-        # The first kernels boot and import their libraries while this process imports MLflow
-        # and opens the store: on two cores, both are done in the time of the longer one. Where
-        # notebooks may be reused, the store says first which ones run.
-        if not reuse:
-            batch.start_kernels(upto=2, cwd=cwd or Path.cwd())
-            batch.io.submit(_warm_html)
+        # The first notebook's kernel boots and imports its libraries while this process imports
+        # MLflow and opens the store: on two cores, both are done in the time of the longer one.
+        # The others start once the store is open (every notebook waits for it; more kernels
+        # starting would slow it down). Where notebooks may be reused, the store says first which
+        # ones run (a new store holds none).
+        if not reuse or reuse_module.store_is_new(batch.uri):
+            batch.start_kernels(set(), cwd or Path.cwd(), upto=1)
         store.check_store(batch.uri, timeout=cfg.tracking.timeout)
         housekeeping.tidy(batch.uri)
         if reuse:
@@ -293,10 +323,11 @@ class _Batch:
         progress: BatchProgress,
         cell_timeout: float | None,
         start_timeout: float,
-        grace: float,
+        jobs: int,
     ) -> None:
         self.notebooks, self.parameters, self.cfg = notebooks, parameters, cfg
         self.progress, self.cell_timeout, self.start_timeout = progress, cell_timeout, start_timeout
+        self.jobs, self.schedule = jobs, schedule.Schedule(notebooks, side_by_side=jobs > 1)
         self.uri = store.absolute_uri(store.resolve_uri(cfg.tracking.uri))
         self.env = {
             **os.environ,
@@ -304,7 +335,7 @@ class _Batch:
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "PYDEVD_DISABLE_FILE_VALIDATION": "1",
         }
-        self.kernels: dict[int, Kernel] = {}
+        self.kernels: dict[int, Kernel] = {}  # started, not yet shut down
         self.reuse, self.force = False, set[str]()
         self.resumes: str | None = None  # the batch run this one resumes
         self.experiment_id = ""
@@ -315,32 +346,37 @@ class _Batch:
         self.io: ThreadPoolExecutor
         self.warm: ThreadPoolExecutor
 
-    def start_kernels(self, upto: int, cwd: Path) -> None:
-        """Make sure the kernels of notebooks ``0..upto`` are started (not those known to be
-        reused); they warm up in run order, two at a time."""
-        for i in range(min(upto, len(self.notebooks) - 1) + 1):
-            if i in self.kernels or self._reused(i) is not None:
-                continue
-            if not self.kernels and self.reuse:  # the first notebook to run: nbconvert will be needed
-                self.io.submit(_warm_html)
+    def start_kernels(self, started: set[int], cwd: Path, upto: int | None = None) -> None:
+        """Keep kernels started for the notebooks next in line (not those known to be reused):
+        one more than may run at once (or ``upto``), warming up two at a time in the order they
+        will start."""
+        for i in self.schedule.upcoming(started):
+            if len(self.kernels) >= (upto or self.jobs + 1):
+                return
+            if self._reused(i) is None:
+                self.kernel_for(i, cwd)
+
+    def kernel_for(self, i: int, cwd: Path) -> Kernel:
+        """Notebook ``i``'s kernel, started now if it was not started ahead."""
+        if i not in self.kernels:
             kernel = Kernel(self.work, i, cwd, self.env)
             kernel.warm_up(self.warm, self.start_timeout, warm_modules(self.notebooks[i]))
             self.kernels[i] = kernel
+        return self.kernels[i]
 
     def plan_reuse(self, experiment: str) -> None:
-        """Decide, before any kernel starts, which of the first notebooks are reused: each in turn
-        while its inputs are known (what it is handed on comes from notebooks reused before it)."""
+        """Decide, before any kernel starts, which notebooks are reused: each whose inputs are known
+        (what it is handed on comes from notebooks reused before it)."""
         store.ensure_experiment(self.uri, experiment)
         self.experiment_id = store.client(self.uri).get_experiment_by_name(experiment).experiment_id
         self.lock_sha256 = hashlib.sha256(provenance.environment_lock().encode()).hexdigest()
         values: dict[str, str] = {}
         for i, nb in enumerate(self.notebooks):
             if any(v not in values and p not in self.parameters.get(nb.name, {}) for p, v in nb.takes.items()):
-                return  # it takes a value from a notebook that runs: decided in its turn
+                continue  # it takes a value from a notebook that runs: decided in its turn
             _, source = self._decide(i, values)
-            if source is None:
-                return
-            values.update(_made(self.uri, source, nb))
+            if source is not None:
+                values.update(_made(self.uri, source, nb))
 
     def _decide(self, i: int, values: dict[str, str]) -> tuple[str, str | None]:
         """Notebook ``i``'s key, and the batch run whose executed copy it reuses (None: it runs)."""
@@ -375,18 +411,22 @@ class _Batch:
             [NotebookRun(nb.name) for nb in self.notebooks],
         )
         try:
+            if any(i not in self.decided or self.decided[i][1] is None for i in range(len(self.notebooks))):
+                self.io.submit(_warm_html)  # nbconvert, for the first notebook that runs
             _log_batch_inputs(self.cfg, self.parameters)
             out_dir.mkdir()
             t_batch = time.perf_counter()
-            for i, nb in enumerate(self.notebooks):
-                stop.check()
-                if self.reuse:
-                    _, source = self._decide(i, _values(result))
-                    if source is not None:
-                        self._reuse_one(i, nb, result, out_dir, source)
-                        continue
-                self.start_kernels(upto=i + 2, cwd=cwd)  # two kernels ahead of the running notebook
-                self._run_one(i, nb, result, out_dir, stop)
+            with ThreadPoolExecutor(self.jobs, thread_name_prefix="mnistops-batch-notebook") as pool:
+                failure = _Run(self, result, out_dir, stop, cwd).until_done(pool)
+            if stop.signum is not None:
+                stopped_at = ",".join(r.name for r in result.notebooks if r.status == "killed")
+                self._end(result, "KILLED", {record.BATCH_STOPPED_AT: stopped_at})
+                stop.raise_now()
+            if failure is not None:
+                name, message = failure
+                result.error = message
+                self._end(result, "FAILED", {record.BATCH_FAILED_NOTEBOOK: name, record.BATCH_ERROR: message[:5000]})
+                raise BatchFailed(message, result)
             _finish_logging(self.logged)
             _log_metric(self.uri, run_id, "time_total_s", round(time.perf_counter() - t_batch, 3))
             result.status = "FINISHED"
@@ -395,9 +435,6 @@ class _Batch:
             for rec in result.notebooks:
                 if rec.status == "pending":
                     rec.status = "not run"
-
-    def _params(self, nb: Notebook, result: BatchResult) -> dict[str, Any]:
-        return self._params_with(nb, result.run_id, _values(result))
 
     def _params_with(self, nb: Notebook, batch_run_id: str, values: dict[str, str]) -> dict[str, Any]:
         """What ``nb`` is given: its planned values, the batch run's id where it declares
@@ -410,12 +447,12 @@ class _Batch:
                 params[param] = values[value]
         return params
 
-    def _reuse_one(self, i: int, nb: Notebook, result: BatchResult, out_dir: Path, source: str) -> None:
+    def reuse_one(self, i: int, result: BatchResult, out_dir: Path, source: str) -> None:
         """Notebook ``i`` not run again: the executed copy of batch ``source`` logged to this batch,
         with what it handed on."""
         from mnistops.runner import reuse
 
-        nb_run, t0 = result.notebooks[i], time.perf_counter()
+        nb, nb_run, t0 = self.notebooks[i], result.notebooks[i], time.perf_counter()
         if i in self.kernels:  # started ahead before it was known to be reused
             self.kernels.pop(i).shutdown()
         copy = reuse.copy_executed(self.uri, source, nb.name, out_dir)
@@ -437,67 +474,128 @@ class _Batch:
         nb_run.seconds = round(time.perf_counter() - t0, 3)
         self.progress.notebook_finished(nb_run)
 
-    def _run_one(self, i: int, nb: Notebook, result: BatchResult, out_dir: Path, stop: _Stop) -> None:
-        nb_run, kernel, run_id = result.notebooks[i], self.kernels[i], result.run_id
+    def execute_one(self, i: int, result: BatchResult, out_dir: Path, stop: _Stop) -> BaseException | None:
+        """Run notebook ``i`` on its kernel (on a thread of its own); its failure, if any, is
+        returned for the main thread to settle (:meth:`_Run.settle`), never raised."""
+        nb, nb_run, kernel, run_id = self.notebooks[i], result.notebooks[i], self.kernels[i], result.run_id
         out_nb = out_dir / nb.path.name
         # papermill writes the copy as the cells run; it goes into place only whole (_publish).
         part = out_dir / f".{nb.path.stem}.part.ipynb"
-        nb_run.status, nb_run.ipynb = "running", str(out_nb)
-        t0 = time.perf_counter()
-        stop.kernel = kernel
+        nb_run.ipynb, t0 = str(out_nb), time.perf_counter()
         failure: BaseException | None = None
         try:
             kernel.ready(self.start_timeout)
             log.info("%s: kernel ready after %.2f s of waiting", nb.name, time.perf_counter() - t0)
             t0 = time.perf_counter()
-            _execute(nb, part, self._params(nb, result), kernel, self.progress, stop, self.cell_timeout)
+            params = self._params_with(nb, run_id, _values(result))
+            _execute(nb, part, params, kernel, self.progress, stop, self.cell_timeout)
         except BaseException as exc:  # papermill's and nbclient's errors, ours, and signals
             failure = exc
         finally:
-            stop.kernel = None
             nb_run.seconds = round(time.perf_counter() - t0, 3)
             _publish(part, out_nb)
         if out_nb.exists():
-            key = self.decided[i][0] if failure is None and stop.signum is None and i in self.decided else None
+            key = self.decided[i][0] if failure is None and i in self.decided else None
             self.logged.append(self.io.submit(_render_and_log, self.uri, run_id, out_nb, nb_run, key))
         if "batch_run_id" in nb.parameters:
             _read_training(self.uri, run_id, result)
-        if stop.signum is None and failure is None:
-            nb_run.status = "completed"
-            self.progress.notebook_finished(nb_run)
-            _log_metric(self.uri, run_id, f"time_{nb.name}_s", nb_run.seconds)
-            kernel.shutdown()  # its work is done; the next notebook has its own
-            return
-        kernel.shutdown()  # before its runs are ended: nothing in it may write to them afterwards
-        if stop.signum is not None:
-            nb_run.status, nb_run.error = "killed", f"stopped by signal {stop.signum}"
-            self._end(result, "KILLED", nb_run, {record.BATCH_STOPPED_AT: nb.name})
-            stop.raise_now()
-        assert failure is not None
-        if not isinstance(failure, Exception):
-            raise failure
-        message, nb_run.cell = _describe_failure(nb, failure)
-        if ("died" in message or "did not start" in message) and kernel.log_tail().strip():
-            log.error("kernel output:\n%s", kernel.log_tail())
-        nb_run.status, nb_run.error = "failed", message
-        result.error = message
-        self._end(
-            result,
-            "FAILED",
-            nb_run,
-            {record.BATCH_FAILED_NOTEBOOK: nb.name, record.BATCH_ERROR: message[:5000]},
-        )
-        raise BatchFailed(message, result)
+        return failure
 
-    def _end(self, result: BatchResult, status: str, nb_run: NotebookRun, tags: dict[str, str]) -> None:
-        """After a failure or a signal: the nb_run, the copies logged, no run left RUNNING."""
-        self.progress.notebook_finished(nb_run)
+    def _end(self, result: BatchResult, status: str, tags: dict[str, str]) -> None:
+        """After a failure or a signal: the copies logged, no run left RUNNING."""
         _finish_logging(self.logged)
         result.status = status
         housekeeping.end_children(self.uri, result.run_id, status, f"notebook batch {result.run_id} ({status.lower()})")
         c = store.client(self.uri)
         for key, value in tags.items():
             c.set_tag(result.run_id, key, value)
+
+
+class _Run:
+    """The batch's notebooks from first to last: each started once those it waits for are done,
+    at most ``jobs`` at once, until all are done or a failure or a signal stops them."""
+
+    def __init__(self, batch: _Batch, result: BatchResult, out_dir: Path, stop: _Stop, cwd: Path) -> None:
+        self.batch, self.result, self.out_dir, self.stop, self.cwd = batch, result, out_dir, stop, cwd
+        self.done: set[int] = set()
+        self.started: set[int] = set()
+        self.running: dict[Future[BaseException | None], int] = {}
+        self.failure: tuple[str, str] | None = None  # the first failed notebook, and its one line
+
+    def until_done(self, pool: ThreadPoolExecutor) -> tuple[str, str] | None:
+        """Run every notebook; return the first failure (name, one line), or None."""
+        try:
+            while True:
+                if self.stop.signum is None and self.failure is None:
+                    self.start_ready(pool)
+                if not self.running:
+                    return self.failure
+                finished, _ = wait(self.running, timeout=0.2, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    self.settle(self.running.pop(future), future.result())
+        except BaseException:  # a second signal: no thread may wait for a kernel that will not stop
+            for i in self.running.values():
+                self.batch.kernels[i].kill()
+            raise
+
+    def start_ready(self, pool: ThreadPoolExecutor) -> None:
+        """Reuse or start each notebook whose turn has come, while a place is free."""
+        batch = self.batch
+        progressed = True
+        while progressed:
+            progressed = False
+            for i in batch.schedule.ready(self.done, self.started):
+                self.stop.check()  # a signal between notebooks
+                if batch.reuse:
+                    _, source = batch._decide(i, _values(self.result))
+                    if source is not None:
+                        self.started.add(i)
+                        batch.reuse_one(i, self.result, self.out_dir, source)
+                        self.done.add(i)
+                        progressed = True
+                        break  # what it made may free others
+                if len(self.running) < batch.jobs:
+                    self.started.add(i)
+                    self.stop.kernels.add(batch.kernel_for(i, self.cwd))
+                    self.result.notebooks[i].status = "running"
+                    self.running[pool.submit(batch.execute_one, i, self.result, self.out_dir, self.stop)] = i
+        batch.start_kernels(self.started, self.cwd)  # the next ones warm up meanwhile
+
+    def settle(self, i: int, failure: BaseException | None) -> None:
+        """Notebook ``i`` ended: its kernel shut down, its status told; a failure stops the others."""
+        batch, stop = self.batch, self.stop
+        nb, nb_run = batch.notebooks[i], self.result.notebooks[i]
+        kernel = batch.kernels.pop(i)
+        stop.kernels.discard(kernel)
+        kernel.shutdown()  # before its runs are ended: nothing in it may write to them afterwards
+        self.done.add(i)
+        if failure is None:
+            nb_run.status = "completed"
+            _log_metric(batch.uri, self.result.run_id, f"time_{nb.name}_s", nb_run.seconds)
+        elif stop.signum is not None:
+            nb_run.status, nb_run.error = "killed", f"stopped by signal {stop.signum}"
+        elif stop.failed is not None and _interrupted(failure):
+            nb_run.status, nb_run.error = "stopped", f"stopped: {stop.failed} failed"
+        elif not isinstance(failure, Exception):
+            raise failure
+        else:
+            message, nb_run.cell = _describe_failure(nb, failure)
+            if ("died" in message or "did not start" in message) and kernel.log_tail().strip():
+                log.error("kernel output:\n%s", kernel.log_tail())
+            nb_run.status, nb_run.error = "failed", message
+            if self.failure is None:
+                self.failure = (nb.name, message)
+                stop.halt(nb.name)
+        batch.progress.notebook_finished(nb_run)
+
+
+def _interrupted(failure: BaseException) -> bool:
+    """Whether a notebook ended because the batch interrupted it (not by a failure of its own)."""
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(failure, _Halted | KeyboardInterrupt):
+        return True
+    return isinstance(failure, PapermillExecutionError) and failure.ename == "KeyboardInterrupt"
 
 
 def _publish(part: Path, final: Path) -> None:

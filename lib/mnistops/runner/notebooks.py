@@ -12,7 +12,10 @@ gets that value). The runner passes the values on, and :func:`check_needs` refus
 anything runs, a notebook whose value no notebook before it makes and no ``-p`` gives. A notebook
 whose run is not a function of its inputs says ``"reuse": false`` (``05_serve`` starts a server,
 ``06_monitor`` reads a window that moves with the clock, ``07_retrain`` promotes): it always runs,
-never ``cached`` (:mod:`mnistops.runner.reuse`).
+never ``cached`` (:mod:`mnistops.runner.reuse`). ``"after": [...]`` names the notebooks it must
+wait for besides those whose values it takes; a notebook without ``after`` waits for every
+notebook before it, one with ``"after": []`` only for what it takes, and may run beside the others
+(:mod:`mnistops.runner.schedule`).
 
 Parameters are read from the cell tagged ``parameters`` the way papermill reads them
 (``name: type = default  # help``), by a copy of its parser: importing papermill costs seconds
@@ -71,6 +74,7 @@ class Notebook:
     takes: dict[str, str] = field(default_factory=dict)  # parameter: the value an earlier notebook makes
     makes: dict[str, str] = field(default_factory=dict)  # value: its type
     reusable: bool = True  # False: it always runs (a server, a time window, a promotion)
+    after: tuple[str, ...] | None = None  # notebooks it waits for besides its takes (None: all before it)
 
     def describe_parameters(self) -> str:
         """``name: type`` of each parameter, comma-separated (for error messages)."""
@@ -98,8 +102,15 @@ def read(path: Path) -> Notebook:
             f"notebook {path.name}: its metadata's mnistops.takes must map its parameters to values and "
             'mnistops.makes values to types, e.g. {"takes": {"run_id": "training_run_id"}}'
         )
+    after = declared.get("after")
+    if after is not None and (not isinstance(after, list) or not all(isinstance(a, str) for a in after)):
+        raise ConfigError(
+            f"notebook {path.name}: its metadata's mnistops.after must list the notebooks it waits for, "
+            'e.g. {"after": ["04_evaluate"]}, or be [] for none'
+        )
     batch, reusable = bool(declared.get("batch", True)), bool(declared.get("reuse", True))
-    return Notebook(path, path.stem, params, digest.hexdigest(), batch, takes, makes, reusable)
+    waits = None if after is None else tuple(a.removesuffix(".ipynb") for a in after)
+    return Notebook(path, path.stem, params, digest.hexdigest(), batch, takes, makes, reusable, waits)
 
 
 def check_needs(notebooks: list[Notebook], given: dict[str, dict[str, Any]]) -> None:

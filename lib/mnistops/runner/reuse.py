@@ -64,6 +64,13 @@ def data_identity(dataset: Any) -> str:
     return f"{dataset}:{digest.hexdigest()}"
 
 
+def store_is_new(uri: str) -> bool:
+    """Whether the store is a SQLite file not made yet: nothing in it to reuse, so the batch's
+    kernels may start before the store is opened."""
+    path = store.sqlite_path(uri)
+    return path is not None and not path.exists()
+
+
 def find(uri: str, experiment_id: str, name: str, key: str, within: str | None = None) -> str | None:
     """The newest batch run of the experiment holding an executed copy of ``name`` under ``key``
     (only batch run ``within``, when given)."""

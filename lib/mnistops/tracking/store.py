@@ -100,9 +100,12 @@ def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI (absolute), or None (another store, or in memory)."""
     if not uri.startswith("sqlite:"):
         return None
-    from sqlalchemy.engine import make_url
+    if uri.startswith("sqlite:///") and not set("?%") & set(uri):  # a plain path: SQLAlchemy not needed
+        database: str | None = uri.removeprefix("sqlite:///")
+    else:
+        from sqlalchemy.engine import make_url
 
-    database = make_url(uri).database
+        database = make_url(uri).database
     if not database or database == ":memory:":
         return None
     return Path(database).expanduser().resolve()
