@@ -65,6 +65,7 @@ def notebook_reused_from(name: str) -> str:
 
 BATCH_RESUMES = "mnistops.batch.resumes"  # the failed or killed batch this one resumed
 BATCH_FORCED = "mnistops.batch.forced"  # notebooks told to run even where they could be reused
+BATCH_JOBS = "mnistops.batch.jobs"  # how many notebooks could run at once
 
 
 # --- sweeps ---------------------------------------------------------------------------------

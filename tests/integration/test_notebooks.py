@@ -98,9 +98,11 @@ def _interval(ipynb: str) -> tuple[datetime, datetime]:
 @pytest.mark.slow
 @pytest.mark.xdist_group("seed")
 def test_independent_notebooks_ran_side_by_side_and_evaluation_after_training(
-    seed_batch: tuple[Path, dict[str, Any]],
+    seed_batch: tuple[Path, dict[str, Any]], seed_store: SeedStore
 ) -> None:
     _, result = seed_batch  # run with --jobs 2
+    (batch,) = [r for r in seed_store.batch_runs if r["id"] == result["run_id"]]
+    assert batch["tags"]["mnistops.batch.jobs"] == "2"
     span = {nb["name"]: _interval(nb["ipynb"]) for nb in result["notebooks"]}
     first_end = min(end for _, end in span.values())
     # 01_explore waited for nothing: it started before any notebook ended, and so did 03_train.

@@ -317,6 +317,8 @@ def test_a_notebook_grid_runs_each_point_as_a_child_batch_and_a_bad_point_fails_
         str(digits10k),
         "--workers",
         "2",
+        "--jobs",
+        "2",
         "--json",
     ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
@@ -334,6 +336,7 @@ def test_a_notebook_grid_runs_each_point_as_a_child_batch_and_a_bad_point_fails_
     for point in result["points"]:
         assert point["status"] == "FINISHED" and point["metrics"]["accuracy"] > 0.5
         assert children[point["run_id"]]["mnistops.grid.point"] == str(point["point"])
+        assert children[point["run_id"]]["mnistops.batch.jobs"] == "2"  # --jobs reaches each point's batch
         copies = Path(point["out_dir"])
         assert sorted(p.name for p in copies.glob("*.ipynb")) == ["02_validate.ipynb", "03_train.ipynb"]
         import nbformat

@@ -112,7 +112,8 @@ _HELP = {
     "resume": "Run a failed or killed batch again (default: the newest), with its own parameters: what "
     "completed is reused, the rest runs.",
     "jobs": "Notebooks that may run at once, each in its own kernel (default: the cores this process may "
-    "use); those that wait for another's values or declare `after` wait for it.",
+    "use; with --grid, 1 per point); a notebook waits for those whose values it takes or that its "
+    "metadata's `after` names.",
     "out": "Where the executed copies go (default: outputs/ beside run_notebooks.py).",
     "notebooks": "The notebook folder (default: notebooks/ beside run_notebooks.py).",
     "grid": "Run the batch once per point of a grid: a YAML mapping of parameter names to lists, crossed.",
@@ -278,7 +279,9 @@ def _run_grid(
     failure: grid.GridFailed | None = None
     try:
         out = opts.out or root / "outputs"
-        run = grid.GridRun(folder, opts.only, lists, points, plan, out, opts.workers, opts.scheduler, opts.cell_timeout)
+        run = grid.GridRun(
+            folder, opts.only, lists, points, plan, out, opts.workers, opts.scheduler, opts.cell_timeout, opts.jobs or 1
+        )
         result = grid.run_grid(notebooks, run, cfg, on_point)
     except grid.GridFailed as exc:
         failure, result = exc, exc.result

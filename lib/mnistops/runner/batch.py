@@ -291,7 +291,7 @@ def run_batch(
         housekeeping.tidy(batch.uri)
         if reuse:
             batch.plan_reuse(cfg.tracking.experiment)
-        tags = {**batch_tags(notebooks, cfg), **(extra_tags or {})}
+        tags = {**batch_tags(notebooks, cfg), record.BATCH_JOBS: str(batch.jobs), **(extra_tags or {})}
         if force:
             tags[record.BATCH_FORCED] = ",".join(force)
         run = stack.enter_context(store.tracked_run(batch.uri, cfg.tracking.experiment, tags[record.RUN_NAME], tags))

@@ -96,8 +96,10 @@ def run_point(
     grid_run_id: str,
     cell_timeout: float | None,
     cwd: str,
+    jobs: int = 1,
 ) -> dict[str, Any]:
-    """One batch, in a Dask worker: its result as a row, failed or not (never raises)."""
+    """One batch, in a Dask worker: its result as a row, failed or not (never raises); ``jobs``
+    of its notebooks at once (the grid's workers already run several batches side by side)."""
     from mnistops.config import build_config
     from mnistops.runner import batch
     from mnistops.runner.notebooks import discover
@@ -124,7 +126,15 @@ def run_point(
         }
         try:
             result = batch.run_batch(
-                notebooks, parameters, cfg, Path(out_base), None, cell_timeout, cwd=Path(cwd), extra_tags=tags
+                notebooks,
+                parameters,
+                cfg,
+                Path(out_base),
+                None,
+                cell_timeout,
+                cwd=Path(cwd),
+                extra_tags=tags,
+                jobs=jobs,
             )
         except batch.BatchFailed as exc:
             result, row["error"] = exc.result, str(exc)
@@ -155,6 +165,7 @@ class GridRun:
     workers: int = 2
     scheduler: str | None = None
     cell_timeout: float | None = None
+    jobs: int = 1  # notebooks at once within each point's batch
 
 
 def run_grid(
@@ -212,7 +223,7 @@ def _run_points(
 
     config = {**cfg.to_dict(), "tracking": {**cfg.to_dict()["tracking"], "uri": uri}}
     common = (str(grid.notebooks_dir), grid.only)
-    rest = (config, str(grid.out_base.resolve()), grid_id, grid.cell_timeout, str(Path.cwd()))
+    rest = (config, str(grid.out_base.resolve()), grid_id, grid.cell_timeout, str(Path.cwd()), grid.jobs)
     futures = [
         dask.client.submit(
             run_point,
