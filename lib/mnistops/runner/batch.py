@@ -374,11 +374,11 @@ class _Batch:
         for i, nb in enumerate(self.notebooks):
             if any(v not in values and p not in self.parameters.get(nb.name, {}) for p, v in nb.takes.items()):
                 continue  # it takes a value from a notebook that runs: decided in its turn
-            _, source = self._decide(i, values)
+            _, source = self.decide(i, values)
             if source is not None:
                 values.update(_made(self.uri, source, nb))
 
-    def _decide(self, i: int, values: dict[str, str]) -> tuple[str, str | None]:
+    def decide(self, i: int, values: dict[str, str]) -> tuple[str, str | None]:
         """Notebook ``i``'s key, and the batch run whose executed copy it reuses (None: it runs)."""
         from mnistops.runner import reuse
 
@@ -547,7 +547,7 @@ class _Run:
             for i in batch.schedule.ready(self.done, self.started):
                 self.stop.check()  # a signal between notebooks
                 if batch.reuse:
-                    _, source = batch._decide(i, _values(self.result))
+                    _, source = batch.decide(i, _values(self.result))
                     if source is not None:
                         self.started.add(i)
                         batch.reuse_one(i, self.result, self.out_dir, source)
@@ -591,9 +591,10 @@ class _Run:
 
 def _interrupted(failure: BaseException) -> bool:
     """Whether a notebook ended because the batch interrupted it (not by a failure of its own)."""
+    from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
-    if isinstance(failure, _Halted | KeyboardInterrupt):
+    if isinstance(failure, _Halted | KeyboardInterrupt | DeadKernelError):  # dead: killed after the grace
         return True
     return isinstance(failure, PapermillExecutionError) and failure.ename == "KeyboardInterrupt"
 
