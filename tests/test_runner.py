@@ -360,3 +360,23 @@ def test_the_progress_display_has_a_live_line_for_every_running_notebook() -> No
     assert "03_train cell 6: result = train(cfg, progress=TextProgress())" in lines[0] and "5/18" in lines[0]
     assert "01_explore cell 8: explore.sample_grid(ds, per_class=3)" in lines[1] and "7/21" in lines[1]
     assert "✓ 02_validate" in lines[2] and "12/12" in lines[2]
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["sqlite:////tmp/x/mlflow.db", "sqlite:///mlflow.db", "sqlite:///~/m.db", "sqlite:///a%20b.db", "sqlite://"],
+)
+def test_a_new_store_is_known_without_sqlalchemy_as_sqlalchemy_reads_the_uri(uri: str, tmp_path: Path) -> None:
+    from sqlalchemy.engine import make_url
+
+    from mnistops.runner.reuse import store_is_new
+    from mnistops.tracking.store import sqlite_path
+
+    database = make_url(uri).database
+    expected = Path(database).expanduser().resolve() if database else None
+    assert sqlite_path(uri) == expected
+    assert store_is_new(uri) == (expected is not None and not expected.exists())
+    made = tmp_path / "made.db"
+    made.touch()
+    assert not store_is_new(f"sqlite:///{made}") and store_is_new(f"sqlite:///{tmp_path / 'new.db'}")
+    assert not store_is_new("postgresql://u@127.0.0.1/db")  # only a SQLite file is known to be new
