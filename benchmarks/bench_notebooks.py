@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import statistics
@@ -47,11 +46,6 @@ def processor() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def cores() -> int:
-    """The cores this process may use (what the suite's --jobs defaults to)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def run_once(work: Path) -> dict[str, dict[str, object]]:
@@ -99,6 +93,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs; the median (by suite/seed wall ratio) is shown")
     args = parser.parse_args()
     from mnistops.data import sources
+    from mnistops.runner.schedule import default_jobs
 
     sources.load("mnist")  # the data cache is filled before anything is timed
     runs = []
@@ -109,7 +104,7 @@ def main() -> None:
         sides["ratios"] = {
             "suite_wall_vs_seed": round(float(sides["suite"]["wall_s"]) / seed_wall, 3),
             "suite_jobs1_wall_vs_seed": round(float(sides["suite_jobs1"]["wall_s"]) / seed_wall, 3),
-            "suite_cpu_floor_vs_seed": round(float(sides["suite"]["cpu_s"]) / cores() / seed_wall, 3),
+            "suite_cpu_floor_vs_seed": round(float(sides["suite"]["cpu_s"]) / default_jobs() / seed_wall, 3),
             "train_wall_vs_seed": round(float(sides["train"]["wall_s"]) / float(sides["seed_pipeline"]["wall_s"]), 3),
             "suite_rss_vs_seed": round(
                 float(sides["suite"]["peak_rss_mb"]) / float(sides["seed_pipeline"]["peak_rss_mb"]), 3
@@ -123,7 +118,7 @@ def main() -> None:
             {
                 "benchmark": "notebooks",
                 "processor": processor(),
-                "cores": cores(),
+                "cores": default_jobs(),
                 "repeat": args.repeat,
                 **median,
                 "all_suite_wall_vs_seed": ratios,

@@ -28,6 +28,14 @@ def copy_store(seed: SeedStore, work: Path) -> Path:
     return work
 
 
+def batch_json(work: Path, session_cache: Path, *args: str) -> dict[str, Any]:
+    """``run_notebooks.py ARGS --json`` on the store in ``work``, which must succeed; what it printed."""
+    proc = run_batch(work, session_cache, *args, "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
 def statuses(result: dict[str, Any]) -> dict[str, str]:
     return {nb["name"]: nb["status"] for nb in result["notebooks"]}
 
@@ -50,10 +58,8 @@ def test_an_unchanged_batch_runs_nothing_and_a_change_reruns_what_it_reaches(
     seed_batch = seed_store.batch["run_id"]
 
     t0 = time.perf_counter()
-    proc = run_batch(work, session_cache, "--config", SEED, "--json")
+    again = batch_json(work, session_cache, "--config", SEED)
     again_s = time.perf_counter() - t0
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    again = json.loads(proc.stdout)
     assert set(statuses(again).values()) == {"cached"}
     assert {nb["reused_from"] for nb in again["notebooks"]} == {seed_batch}
     assert again_s <= 0.15 * seed_store.batch_seconds, (again_s, seed_store.batch_seconds)
@@ -68,9 +74,7 @@ def test_an_unchanged_batch_runs_nothing_and_a_change_reruns_what_it_reaches(
     }
 
     # One parameter: the notebook that declares it runs, and the one it hands a new run id to.
-    proc = run_batch(work, session_cache, "--config", SEED, "-p", "max_depth", "10", "--json")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    deeper = json.loads(proc.stdout)
+    deeper = batch_json(work, session_cache, "--config", SEED, "-p", "max_depth", "10")
     assert statuses(deeper) == {
         "01_explore": "cached",
         "02_validate": "cached",
@@ -80,11 +84,7 @@ def test_an_unchanged_batch_runs_nothing_and_a_change_reruns_what_it_reaches(
     assert deeper["training_run_id"] != seed_store.batch["training_run_id"]
 
     # Two batches that differ in n_estimators, side by side: the parameter, the metrics, the cells.
-    proc = run_batch(
-        work, session_cache, "--config", SEED, "-p", "max_depth", "10", "-p", "n_estimators", "60", "--json"
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    fewer = json.loads(proc.stdout)
+    fewer = batch_json(work, session_cache, "--config", SEED, "-p", "max_depth", "10", "-p", "n_estimators", "60")
     page = tmp_path / "diff.html"
     proc = run_cli(
         "notebooks",
@@ -117,9 +117,7 @@ def test_an_unchanged_batch_runs_nothing_and_a_change_reruns_what_it_reaches(
     markdown = next(c for c in nb["cells"] if c["cell_type"] == "markdown")
     markdown["source"] = ["".join(markdown["source"]) + "!"]
     (folder / "02_validate.ipynb").write_text(json.dumps(nb, indent=1))
-    proc = run_batch(work, session_cache, "--config", SEED, "--notebooks", str(folder), "--json")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    edited = json.loads(proc.stdout)
+    edited = batch_json(work, session_cache, "--config", SEED, "--notebooks", str(folder))
     assert statuses(edited) == {
         "01_explore": "cached",
         "02_validate": "completed",
@@ -156,9 +154,7 @@ def test_a_batch_killed_during_evaluation_resumes_there_and_ends_as_an_uninterru
         r for r in runs_in(work) if r["status"] == "KILLED" and r["tags"].get("mnistops.run_type") == "notebook_batch"
     )
 
-    proc = run_batch(work, session_cache, "--resume", "--json")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    resumed = json.loads(proc.stdout)
+    resumed = batch_json(work, session_cache, "--resume")
     assert statuses(resumed) == {
         "01_explore": "cached",
         "02_validate": "cached",

@@ -411,7 +411,7 @@ class _Batch:
             [NotebookRun(nb.name) for nb in self.notebooks],
         )
         try:
-            if any(i not in self.decided or self.decided[i][1] is None for i in range(len(self.notebooks))):
+            if any(self._reused(i) is None for i in range(len(self.notebooks))):
                 self.io.submit(_warm_html)  # nbconvert, for the first notebook that runs
             _log_batch_inputs(self.cfg, self.parameters)
             out_dir.mkdir()
@@ -545,7 +545,8 @@ class _Run:
         while progressed:
             progressed = False
             for i in batch.schedule.ready(self.done, self.started):
-                self.stop.check()  # a signal between notebooks
+                if self.stop.signum is not None:  # a signal came meanwhile: the running ones settle
+                    return
                 if batch.reuse:
                     _, source = batch.decide(i, _values(self.result))
                     if source is not None:
