@@ -52,3 +52,27 @@ def test_this_environment_is_the_locked_one() -> None:
     assert wrong == {}, "installed versions differ from requirements.txt: run `make install`"
     extra = set(installed) - set(pins) - {"mnistops", "pip", "setuptools", "wheel"}
     assert extra == set(), f"installed but not locked: {sorted(extra)}"
+
+
+def test_a_models_pinned_requirements_are_met_only_by_what_is_installed() -> None:
+    """A logged model's requirements.txt against the installed distributions (model loading skips
+    MLflow's slow check only when this finds nothing)."""
+    from mnistops.tracking.provenance import unmet_requirements
+
+    dists = {"numpy": ("numpy", "2.4.6"), "scikit-learn": ("scikit_learn", "1.9.1")}
+    lines = [
+        "numpy==2.4.6",
+        "scikit_learn==1.9.1  # the name as pip writes it, normalised",
+        "",
+        "# a comment",
+        "legacy==1.0; python_version < '3'",
+    ]
+    assert unmet_requirements(lines, dists) == []
+    assert unmet_requirements(["numpy==2.4.5", "numpy>=3", "scipy==1.17.1", "./model.whl"], dists) == [
+        "numpy==2.4.5",
+        "numpy>=3",
+        "scipy==1.17.1",
+        "./model.whl",
+    ]
+    here = {canonicalize_name(d.metadata["Name"]): d.version for d in md.distributions() if d.metadata["Name"]}
+    assert unmet_requirements([f"numpy=={here['numpy']}", f"mlflow=={here['mlflow']}"]) == []

@@ -383,3 +383,48 @@ def test_a_promotion_and_a_rollback_at_once_take_turns(store: Path) -> None:
             r.kill()
             r.wait(timeout=30)
     print("champion after each round:", seen)
+
+
+# Load a model as the gate and the server do, in a fresh process; say whether MLflow's check of its
+# requirements was left out, and what the model predicts for one image.
+LOADER = """
+import sys
+from pathlib import Path
+import mlflow
+import numpy as np
+from mnistops.lifecycle import versions
+mlflow.set_tracking_uri(sys.argv[1])
+model = versions.load_pyfunc(sys.argv[2], sys.argv[3])
+from mlflow.utils import requirements_utils  # its map of every package's modules: built by the check only
+checked = requirements_utils._MODULES_TO_PACKAGES is not None
+print(versions.environment_matches(Path(sys.argv[3])), checked, len(model.predict(np.zeros((1, 784), np.float32))))
+"""
+
+
+def test_a_model_is_checked_against_this_environment_only_where_it_differs(store: Path, tmp_path: Path) -> None:
+    """A model trained here loads without MLflow's requirement check (its pins are what is
+    installed); one whose requirements.txt pins another numpy still gets MLflow's warning."""
+    import mlflow
+
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    train(*TINY)
+
+    def load(model: str, into: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", LOADER, uri, model, str(into)], capture_output=True, text=True, check=False
+        )
+
+    same = load("models:/mnist-classifier/1", tmp_path / "same")
+    assert same.returncode == 0, same.stderr[-2000:]
+    assert same.stdout.split() == ["True", "False", "1"]
+    assert "mismatches" not in same.stderr
+
+    edited = Path(mlflow.artifacts.download_artifacts("models:/mnist-classifier/1", dst_path=str(tmp_path / "edited")))
+    requirements = edited / "requirements.txt"
+    pins = requirements.read_text().splitlines()
+    assert any(p.startswith("numpy==") for p in pins), pins
+    requirements.write_text("\n".join("numpy==1.0.0" if p.startswith("numpy==") else p for p in pins) + "\n")
+    other = load(str(edited), tmp_path / "other")
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert other.stdout.split() == ["False", "True", "1"]
+    assert "Detected one or more mismatches" in other.stderr and "numpy==1.0.0" in other.stderr

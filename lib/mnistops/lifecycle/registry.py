@@ -28,7 +28,7 @@ import numpy as np
 from mnistops import processes, record
 from mnistops.config import Config, GateConfig
 from mnistops.errors import GateError, RunNotFoundError, TrackingError
-from mnistops.lifecycle import shadow
+from mnistops.lifecycle import shadow, versions
 from mnistops.lifecycle.alias_lock import alias_lock
 from mnistops.tracking import store
 from mnistops.tracking.logdb import Target
@@ -142,8 +142,6 @@ def _score(
 ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
     """Score registered models (role -> URI) on the one held-out split ``cfg`` defines; with
     ``production`` inputs, each model's class probabilities on them too."""
-    import mlflow.pyfunc
-
     from mnistops.data import sources
     from mnistops.data.dataset import to_features
     from mnistops.data.split import make_split
@@ -157,7 +155,7 @@ def _score(
     for role, uri in model_uris.items():
         # From a server, MLflow downloads the model into a temporary folder it never removes: ours is.
         with processes.temporary_directory("model") as tmp:
-            model = mlflow.pyfunc.load_model(uri, dst_path=tmp)
+            model = versions.load_pyfunc(uri, tmp)
             scores[role] = evaluate(y, model.predict(x)[columns].to_numpy(), ds.class_names).metrics
             if production is not None:
                 probas[role] = model.predict(to_features(production["images"]))[columns].to_numpy()

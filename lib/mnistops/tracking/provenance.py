@@ -144,6 +144,31 @@ def environment_lock(dists: dict[str, tuple[str, str]] | None = None) -> str:
     return "".join(f"{name}=={version}\n" for _, (name, version) in sorted(dists.items()))
 
 
+def unmet_requirements(requirements: list[str], dists: dict[str, tuple[str, str]] | None = None) -> list[str]:
+    """The requirements (``pip`` lines, as in a logged model's ``requirements.txt``) that the
+    installed distributions do not plainly meet: a package not installed, a version outside the
+    specifier, or a line that is not a plain requirement (a path, a URL, an option), which is
+    listed rather than guessed at."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    dists = installed() if dists is None else dists
+    unmet = []
+    for line in (ln.split("#", 1)[0].strip() for ln in requirements):
+        if not line:
+            continue
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            unmet.append(line)
+            continue
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        have = dists.get(_normalise(req.name))
+        if have is None or not req.specifier.contains(have[1], prereleases=True):
+            unmet.append(line)
+    return unmet
+
+
 def as_dict(info: GitInfo) -> dict[str, Any]:
     """A GitInfo as a plain dict, without the diff."""
     d = asdict(info)
