@@ -68,11 +68,7 @@ def test_a_models_pinned_requirements_are_met_only_by_what_is_installed() -> Non
         "legacy==1.0; python_version < '3'",
     ]
     assert unmet_requirements(lines, dists) == []
-    assert unmet_requirements(["numpy==2.4.5", "numpy>=3", "scipy==1.17.1", "./model.whl"], dists) == [
-        "numpy==2.4.5",
-        "numpy>=3",
-        "scipy==1.17.1",
-        "./model.whl",
-    ]
+    unmet = ["numpy==2.4.5", "numpy>=3", "scipy==1.17.1", "./model.whl", "numpy[extra]==2.4.6"]
+    assert unmet_requirements(unmet, dists) == unmet
     here = {canonicalize_name(d.metadata["Name"]): d.version for d in md.distributions() if d.metadata["Name"]}
     assert unmet_requirements([f"numpy=={here['numpy']}", f"mlflow=={here['mlflow']}"]) == []

@@ -147,8 +147,8 @@ def environment_lock(dists: dict[str, tuple[str, str]] | None = None) -> str:
 def unmet_requirements(requirements: list[str], dists: dict[str, tuple[str, str]] | None = None) -> list[str]:
     """The requirements (``pip`` lines, as in a logged model's ``requirements.txt``) that the
     installed distributions do not plainly meet: a package not installed, a version outside the
-    specifier, or a line that is not a plain requirement (a path, a URL, an option), which is
-    listed rather than guessed at."""
+    specifier, or a line that is not a plain requirement (a path, a URL, an option, extras whose
+    own requirements this does not follow), which is listed rather than guessed at."""
     from packaging.requirements import InvalidRequirement, Requirement
 
     dists = installed() if dists is None else dists
@@ -159,6 +159,9 @@ def unmet_requirements(requirements: list[str], dists: dict[str, tuple[str, str]
         try:
             req = Requirement(line)
         except InvalidRequirement:
+            unmet.append(line)
+            continue
+        if req.extras:
             unmet.append(line)
             continue
         if req.marker is not None and not req.marker.evaluate():
