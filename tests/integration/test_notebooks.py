@@ -224,6 +224,17 @@ def test_a_bad_dataset_stops_the_batch_before_training(tmp_path: Path, session_c
     assert [r["status"] for r in runs_in(again)] == ["FAILED"]
 
 
+def _interrupted_copy(path: Path) -> bool:
+    """Whether the executed copy at ``path`` shows a cell stopped by KeyboardInterrupt."""
+    cells = nbformat.read(path, as_version=4).cells
+    return any(o.get("ename") == "KeyboardInterrupt" for c in cells if c.cell_type == "code" for o in c.outputs)
+
+
+def _processes_under(folder: Path) -> list[psutil.Process]:
+    """The processes whose command line names ``folder`` (a batch's kernels and runner)."""
+    return [p for p in psutil.process_iter(["cmdline"]) if str(folder) in " ".join(p.info["cmdline"] or [])]
+
+
 def _kernels_of(pid: int) -> list[psutil.Process]:
     kernels = []
     for child in psutil.Process(pid).children(recursive=True):
@@ -290,8 +301,7 @@ def test_sigterm_during_training_ends_every_run_killed_and_leaves_no_kernel(
     }
     assert statuses == {"batch": "KILLED", "train": "KILLED"}
     (out,) = (tmp_path / "outputs").iterdir()
-    partial = nbformat.read(out / "03_train.ipynb", as_version=4)
-    assert any(o.get("ename") == "KeyboardInterrupt" for c in partial.cells if c.cell_type == "code" for o in c.outputs)
+    assert _interrupted_copy(out / "03_train.ipynb")
 
 
 def _tiny_suite(folder: Path, code: str) -> Path:
@@ -327,8 +337,7 @@ def test_a_timeout_or_a_dead_kernel_is_one_line_a_failed_run_and_no_kernel(
     assert batch["status"] == "FAILED"
     (out,) = (tmp_path / "outputs").iterdir()
     assert (out / "01_tiny.ipynb").exists()
-    leftovers = [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
-    assert leftovers == []
+    assert _processes_under(tmp_path) == []
 
 
 def _side_by_side_suite(folder: Path, cells: dict[str, str]) -> Path:
@@ -347,11 +356,6 @@ def _side_by_side_suite(folder: Path, cells: dict[str, str]) -> Path:
         ]
         nbformat.write(nb, folder / f"{name}.ipynb")
     return folder
-
-
-def _interrupted_copy(path: Path) -> bool:
-    cells = nbformat.read(path, as_version=4).cells
-    return any(o.get("ename") == "KeyboardInterrupt" for c in cells if c.cell_type == "code" for o in c.outputs)
 
 
 def test_a_failure_stops_the_notebook_running_beside_it_and_the_batch(tmp_path: Path, session_cache: Path) -> None:
@@ -374,8 +378,7 @@ def test_a_failure_stops_the_notebook_running_beside_it_and_the_batch(tmp_path: 
     assert sorted(p.name for p in out.iterdir()) == ["01_slow.html", "01_slow.ipynb", "02_fail.html", "02_fail.ipynb"]
     assert _interrupted_copy(out / "01_slow.ipynb")  # interrupted in its sleep, saved as far as it ran
     assert {"notebooks/01_slow.ipynb", "notebooks/02_fail.ipynb"} <= set(batch["artifacts"])
-    leftovers = [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
-    assert leftovers == []
+    assert _processes_under(tmp_path) == []
 
 
 def test_sigterm_interrupts_every_running_notebook_and_leaves_no_kernel(tmp_path: Path, session_cache: Path) -> None:
